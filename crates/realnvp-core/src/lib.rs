@@ -1,0 +1,55 @@
+//! # realnvp-core
+//!
+//! The Real NVP normalizing flow of Dinh, Sohl-Dickstein and Bengio, "Density estimation
+//! using Real NVP" (ICLR 2017), as Burn modules generic over any `B: Backend`.
+//!
+//! The modules follow section 3 of the paper:
+//! [`preprocess`] (dequantisation, logit, bits/dim), [`mask`] (checkerboard and channel-wise
+//! partitions), [`coupling`] (the affine coupling layer), [`resnet`] (its s/t network, with
+//! [`weight_norm`]), [`squeeze`], [`batchnorm`] (flow-path batch norm with running
+//! averages), [`multiscale`] (scales and factor-out), [`prior`], [`model`] (the whole image
+//! flow) and [`vector`] (MLP couplings for 2-D and tabular data). Every layer implements
+//! [`Bijector`]: `forward(x) -> (y, log|det J|)` and an exact `inverse`.
+//!
+//! This crate holds no training or data-loading code: a program that only loads a model
+//! to sample or score depends on it alone.
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use realnvp_core::{Dequantization, RealNvpConfig};
+//! use burn::tensor::Tensor;
+//!
+//! let config = RealNvpConfig { channels: 1, height: 8, width: 8, scales: 2, res_blocks: 1,
+//!     features: 8, ..Default::default() };
+//! let model = config.init::<Flex>(&Default::default()).unwrap();
+//! let pixels = Tensor::<Flex, 4>::full([2, 1, 8, 8], 128.0, &Default::default());
+//! let bpd = model.bits_per_dim(pixels, Dequantization::Uniform);
+//! assert_eq!(bpd.dims(), [2]);
+//! ```
+
+pub mod batchnorm;
+pub mod bijector;
+pub mod coupling;
+pub mod error;
+pub mod mask;
+pub mod model;
+pub mod multiscale;
+pub mod preprocess;
+pub mod prior;
+pub mod resnet;
+pub mod squeeze;
+pub mod step;
+pub mod vector;
+pub mod weight_norm;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use bijector::Bijector;
+pub use error::ConfigError;
+pub use model::{Latents, RealNvp, RealNvpConfig};
+pub use preprocess::{Dequantization, Preprocess, PreprocessConfig};
+pub use vector::{VectorRealNvp, VectorRealNvpConfig};
+
+/// The L2 penalty coefficient on the coupling scales used in the paper.
+pub const PAPER_SCALE_PENALTY: f64 = 5e-5;

@@ -1,0 +1,550 @@
+//! The whole image flow: preprocessing, scales, prior; log-likelihood, bits/dim, sampling,
+//! encoding and decoding.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::bijector::Bijector;
+use crate::error::ConfigError;
+use crate::multiscale::{Scale, ScaleSpec};
+use crate::preprocess::{Dequantization, Preprocess, PreprocessConfig};
+use crate::prior::{standard_normal_log_prob, standard_normal_sample};
+
+/// Configuration of an image Real NVP; the model is built from it with
+/// [`RealNvpConfig::init`]. Defaults: the paper's 32x32 model (4 residual blocks, 32
+/// feature maps) with flow-path batch norm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealNvpConfig {
+    /// Image channels (1 grey, 3 colour).
+    pub channels: usize,
+    /// Image height in pixels; divisible by `2^(scales - 1)`, at least 2 at the last scale.
+    pub height: usize,
+    /// Image width in pixels; same rule as `height`.
+    pub width: usize,
+    /// Number of scales; every scale but the last squeezes and factors out half.
+    pub scales: usize,
+    /// Residual blocks in every coupling network.
+    pub res_blocks: usize,
+    /// Feature maps of the first scale's checkerboard couplings; doubled at every squeeze.
+    pub features: usize,
+    /// Batch norm on every coupling's output in the flow path.
+    pub batch_norm: bool,
+    /// Weight of the current batch in the flow-path batch norm's running averages.
+    pub batch_norm_momentum: f64,
+    /// Dequantisation and logit settings.
+    pub preprocess: PreprocessConfig,
+}
+
+impl Default for RealNvpConfig {
+    fn default() -> Self {
+        Self {
+            channels: 3,
+            height: 32,
+            width: 32,
+            scales: 3,
+            res_blocks: 4,
+            features: 32,
+            batch_norm: true,
+            batch_norm_momentum: 0.05,
+            preprocess: PreprocessConfig::default(),
+        }
+    }
+}
+
+impl RealNvpConfig {
+    /// Checks every key and returns the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, value: usize| {
+            if value == 0 {
+                Err(ConfigError::invalid(key, value, "a positive integer"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("channels", self.channels)?;
+        positive("scales", self.scales)?;
+        positive("features", self.features)?;
+        if self.scales > 16 {
+            return Err(ConfigError::invalid("scales", self.scales, "at most 16"));
+        }
+        let factor = 1usize << (self.scales - 1);
+        for (key, side) in [("height", self.height), ("width", self.width)] {
+            if side % factor != 0 || side / factor < 2 {
+                return Err(ConfigError::invalid(
+                    key,
+                    side,
+                    format!(
+                        "divisible by 2^(scales - 1) = {factor} and at least {} with scales = {}",
+                        2 * factor,
+                        self.scales
+                    ),
+                ));
+            }
+        }
+        if !(self.batch_norm_momentum > 0.0 && self.batch_norm_momentum <= 1.0) {
+            return Err(ConfigError::invalid(
+                "batch_norm_momentum",
+                self.batch_norm_momentum,
+                "a number in (0, 1]",
+            ));
+        }
+        self.preprocess.init().map(|_| ())
+    }
+
+    /// Dimensions per example, `channels * height * width`.
+    pub fn dims(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Shapes `[channels, height, width]` of the latents of every scale, finest first.
+    pub fn latent_shapes(&self) -> Vec<[usize; 3]> {
+        let (mut c, mut h, mut w) = (self.channels, self.height, self.width);
+        let mut shapes = Vec::with_capacity(self.scales);
+        for _ in 1..self.scales {
+            c *= 2;
+            h /= 2;
+            w /= 2;
+            shapes.push([c, h, w]);
+        }
+        shapes.push([c, h, w]);
+        shapes
+    }
+
+    /// Validates the configuration and builds a freshly initialised model.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<RealNvp<B>, ConfigError> {
+        self.validate()?;
+        let preprocess = self.preprocess.init()?;
+        let momentum = self.batch_norm.then_some(self.batch_norm_momentum);
+        let scales = (0..self.scales)
+            .map(|i| {
+                let spec = ScaleSpec {
+                    channels: self.channels << i,
+                    features: self.features << i,
+                    res_blocks: self.res_blocks,
+                    batch_norm_momentum: momentum,
+                    last: i + 1 == self.scales,
+                };
+                Scale::new(spec, device)
+            })
+            .collect();
+        Ok(RealNvp {
+            scales,
+            preprocess,
+            config: self.clone(),
+        })
+    }
+}
+
+/// Latent variables of every scale, finest first; scale `i < L - 1` holds
+/// `[batch, 2^(i+1) c, h / 2^(i+1), w / 2^(i+1)]`, the last the coarsest remainder.
+#[derive(Debug, Clone)]
+pub struct Latents<B: Backend> {
+    /// One tensor per scale.
+    pub scales: Vec<Tensor<B, 4>>,
+}
+
+impl<B: Backend> Latents<B> {
+    /// Log-density of all latents under the unit Gaussian prior, nats, shape `[batch]`.
+    pub fn log_prob(&self) -> Tensor<B, 1> {
+        self.scales
+            .iter()
+            .map(|z| standard_normal_log_prob(z.clone()))
+            .reduce(|a, b| a + b)
+            .expect("a model has at least one scale")
+    }
+}
+
+/// An image Real NVP (Dinh, Sohl-Dickstein and Bengio).
+///
+/// Works on integer pixels `[batch, channels, height, width]` with values in
+/// `0..levels` (as floats); densities are in nats, bits/dim count dequantisation and the
+/// logit Jacobian. Training and evaluation mode follow burn: on an autodiff backend batch
+/// norm uses batch statistics; on its inner backend (`model.valid()`) the running averages.
+#[derive(Module, Debug)]
+pub struct RealNvp<B: Backend> {
+    /// The scales, finest first.
+    pub scales: Vec<Scale<B>>,
+    #[module(skip)]
+    preprocess: Preprocess,
+    #[module(skip)]
+    config: RealNvpConfig,
+}
+
+impl<B: Backend> RealNvp<B> {
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &RealNvpConfig {
+        &self.config
+    }
+
+    /// The preprocessing transform (levels, logit margin).
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    /// Maps continuous pixels `y` in `[0, 1)` (dequantised) to the latents and the log-det
+    /// of the whole map, logit included (nats, `[batch]`).
+    pub fn encode_with_log_det(&self, y: Tensor<B, 4>) -> (Latents<B>, Tensor<B, 1>) {
+        let (mut h, mut log_det) = self.preprocess.forward(y);
+        let mut latents = Vec::with_capacity(self.scales.len());
+        for scale in &self.scales {
+            let out = scale.forward(h);
+            log_det = log_det + out.log_det;
+            latents.push(out.latent);
+            match out.rest {
+                Some(rest) => h = rest,
+                None => break,
+            }
+        }
+        (Latents { scales: latents }, log_det)
+    }
+
+    /// Maps continuous pixels `y` in `[0, 1)` to the latents of every scale.
+    pub fn encode(&self, y: Tensor<B, 4>) -> Latents<B> {
+        self.encode_with_log_det(y).0
+    }
+
+    /// Inverts [`RealNvp::encode`]: latents of every scale to continuous pixels in `[0, 1)`.
+    pub fn decode(&self, latents: Latents<B>) -> Tensor<B, 4> {
+        let mut h: Option<Tensor<B, 4>> = None;
+        for (scale, z) in self.scales.iter().zip(latents.scales).rev() {
+            h = Some(scale.inverse(z, h));
+        }
+        let h = h.expect("a model has at least one scale");
+        self.preprocess.inverse(h)
+    }
+
+    /// Log-density of continuous pixels `y` in `[0, 1)^D`, nats, shape `[batch]`.
+    pub fn log_density(&self, y: Tensor<B, 4>) -> Tensor<B, 1> {
+        let (latents, log_det) = self.encode_with_log_det(y);
+        latents.log_prob() + log_det
+    }
+
+    /// Log-likelihood of integer pixels `x` (`0..levels`), nats per example, shape
+    /// `[batch]`: `log p(y) - D ln(levels)` for the dequantised `y`. With
+    /// [`Dequantization::Uniform`] its expectation is a lower bound on the discrete
+    /// log-likelihood.
+    pub fn log_prob(&self, x: Tensor<B, 4>, dequantization: Dequantization) -> Tensor<B, 1> {
+        let y = self.preprocess.dequantize(x, dequantization);
+        self.log_density(y)
+            .sub_scalar(self.preprocess.discretisation_nats(self.config.dims()))
+    }
+
+    /// Bits/dim of integer pixels `x`, shape `[batch]`:
+    /// `(-log p(y) + D ln(levels)) / (D ln 2)`.
+    pub fn bits_per_dim(&self, x: Tensor<B, 4>, dequantization: Dequantization) -> Tensor<B, 1> {
+        let dims = self.config.dims();
+        let y = self.preprocess.dequantize(x, dequantization);
+        self.preprocess.bits_per_dim(self.log_density(y), dims)
+    }
+
+    /// Draws latents for `n` images from `N(0, temperature^2 I)`.
+    pub fn sample_latents(&self, n: usize, temperature: f64, device: &B::Device) -> Latents<B> {
+        let scales = self
+            .config
+            .latent_shapes()
+            .into_iter()
+            .map(|[c, h, w]| standard_normal_sample([n, c, h, w], temperature, device))
+            .collect();
+        Latents { scales }
+    }
+
+    /// Samples `n` images at the given temperature (the prior's standard deviation), as
+    /// continuous pixels in `[0, 1]` `[n, channels, height, width]`; see
+    /// [`Preprocess::quantize`] for integer levels.
+    pub fn sample(&self, n: usize, temperature: f64, device: &B::Device) -> Tensor<B, 4> {
+        self.decode(self.sample_latents(n, temperature, device))
+    }
+
+    /// Sum of the squared coupling scales, for the trainer's L2 penalty (the paper uses
+    /// 5e-5 times this).
+    pub fn scale_penalty(&self) -> Tensor<B, 1> {
+        self.scales
+            .iter()
+            .map(|scale| scale.scale_penalty())
+            .reduce(|a, b| a + b)
+            .expect("a model has at least one scale")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+    use burn::module::AutodiffModule;
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+
+    fn small_config(channels: usize, batch_norm: bool) -> RealNvpConfig {
+        RealNvpConfig {
+            channels,
+            height: 4,
+            width: 4,
+            scales: 2,
+            res_blocks: 1,
+            features: 4,
+            batch_norm,
+            batch_norm_momentum: 0.5,
+            preprocess: PreprocessConfig::default(),
+        }
+    }
+
+    fn model<B: Backend>(config: &RealNvpConfig, seed: u64) -> RealNvp<B> {
+        B::seed(&Default::default(), seed);
+        let model = config.init::<B>(&Default::default()).expect("valid config");
+        perturb(model, 0.05, seed)
+    }
+
+    /// All latents flattened and concatenated: `[batch, dims]`.
+    fn flat<B: Backend>(latents: Latents<B>) -> Tensor<B, 2> {
+        let parts = latents
+            .scales
+            .into_iter()
+            .map(|z| {
+                let batch = z.dims()[0];
+                z.reshape([batch as i32, -1])
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    #[test]
+    fn latent_shapes_follow_the_scales() {
+        let config = RealNvpConfig {
+            channels: 3,
+            height: 32,
+            width: 16,
+            scales: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            config.latent_shapes(),
+            vec![[6, 16, 8], [12, 8, 4], [12, 8, 4]]
+        );
+        let total: usize = config
+            .latent_shapes()
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(total, config.dims());
+    }
+
+    #[test]
+    fn encode_decode_round_trip_in_evaluation_and_training() {
+        for channels in [1, 3] {
+            for batch_norm in [false, true] {
+                let config = RealNvpConfig {
+                    height: 8,
+                    width: 8,
+                    scales: 3,
+                    ..small_config(channels, batch_norm)
+                };
+                let what = format!("{channels} channels, batch norm {batch_norm}");
+                let y = uniform::<Cpu, 4>([4, channels, 8, 8], 0.0, 1.0, 1);
+                let m = model::<Cpu>(&config, 2);
+                let err = max_abs_diff(m.decode(m.encode(y.clone())), y);
+                assert!(err < 1e-4, "{what}: error {err}");
+
+                let y = uniform::<CpuTrain, 4>([4, channels, 8, 8], 0.0, 1.0, 1);
+                let m = model::<CpuTrain>(&config, 2);
+                let err = max_abs_diff(m.decode(m.encode(y.clone())), y);
+                assert!(err < 1e-4, "{what}, training: error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn log_det_of_the_whole_model_matches_brute_force_jacobian() {
+        for channels in [1, 3] {
+            let m = model::<Exact>(&small_config(channels, true), 3);
+            let y = uniform::<Exact, 4>([2, channels, 4, 4], 0.05, 0.95, 4);
+            let (_, log_det) = m.encode_with_log_det(y.clone());
+            let expected = brute_force_log_det(|y| flat(m.encode(y)), y, 1e-6);
+            assert_close(
+                &values(log_det),
+                &expected,
+                1e-5,
+                &format!("{channels} channels"),
+            );
+        }
+    }
+
+    /// At initialisation every coupling is the identity, so the latents are the
+    /// preprocessed pixels and bits/dim have a closed form.
+    #[test]
+    fn untrained_bits_per_dim_equal_the_analytic_value() {
+        let config = RealNvpConfig {
+            height: 8,
+            width: 8,
+            scales: 3,
+            batch_norm: false,
+            ..small_config(1, false)
+        };
+        let levels = 17.0;
+        let config = RealNvpConfig {
+            preprocess: PreprocessConfig {
+                levels: 17,
+                ..Default::default()
+            },
+            ..config
+        };
+        let pixels: Vec<f32> = (0..2 * 64).map(|k| ((k * 7) % 17) as f32).collect();
+        let alpha = 0.05;
+        let expected: Vec<f64> = pixels
+            .chunks(64)
+            .map(|image| {
+                let log_density: f64 = image
+                    .iter()
+                    .map(|&v| {
+                        let y = (v as f64 + 0.5) / levels;
+                        let p = alpha + (1.0 - 2.0 * alpha) * y;
+                        let z = (p / (1.0 - p)).ln();
+                        let log_normal = -0.5 * z * z - 0.5 * (2.0 * std::f64::consts::PI).ln();
+                        log_normal + (1.0 - 2.0 * alpha).ln() - p.ln() - (1.0 - p).ln()
+                    })
+                    .sum();
+                (-log_density + 64.0 * levels.ln()) / (64.0 * std::f64::consts::LN_2)
+            })
+            .collect();
+        let device = Default::default();
+        let x = Tensor::<Cpu, 1>::from_floats(pixels.as_slice(), &device).reshape([2, 1, 8, 8]);
+        let untrained = config.init::<Cpu>(&device).expect("valid config");
+        let bpd = untrained.bits_per_dim(x.clone(), Dequantization::Centre);
+        assert_close(&values(bpd), &expected, 1e-4, "evaluation");
+        let untrained = config.init::<CpuTrain>(&device).expect("valid config");
+        let x = Tensor::<CpuTrain, 4>::from_data(x.into_data(), &device);
+        let bpd = untrained.bits_per_dim(x, Dequantization::Centre);
+        assert_close(&values(bpd), &expected, 1e-4, "training");
+    }
+
+    #[test]
+    fn optimiser_steps_reduce_the_negative_log_likelihood() {
+        let config = RealNvpConfig {
+            height: 8,
+            width: 8,
+            preprocess: PreprocessConfig {
+                levels: 17,
+                ..Default::default()
+            },
+            ..small_config(1, true)
+        };
+        let device = Default::default();
+        CpuTrain::seed(&device, 7);
+        let mut m = config.init::<CpuTrain>(&device).expect("valid config");
+        let x = uniform::<CpuTrain, 4>([16, 1, 8, 8], 0.0, 17.0, 8).floor();
+        let mut optimizer = AdamConfig::new().init();
+        let nll = |m: &RealNvp<CpuTrain>| {
+            values(m.valid().bits_per_dim(
+                Tensor::from_data(x.to_data(), &device),
+                Dequantization::Centre,
+            ))
+            .iter()
+            .sum::<f64>()
+        };
+        let before = nll(&m);
+        for _ in 0..10 {
+            let loss = m.bits_per_dim(x.clone(), Dequantization::Uniform).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            m = optimizer.step(1e-2, m, grads);
+        }
+        let after = nll(&m);
+        assert!(after < before - 0.05 * 16.0, "bits/dim {before} -> {after}");
+    }
+
+    #[test]
+    fn sampling_gives_finite_images_and_temperature_zero_decodes_the_zero_latent() {
+        let config = RealNvpConfig {
+            height: 8,
+            width: 8,
+            ..small_config(3, true)
+        };
+        let m = model::<Cpu>(&config, 5);
+        let device = Default::default();
+        let samples = m.sample(5, 0.7, &device);
+        assert_eq!(samples.dims(), [5, 3, 8, 8]);
+        assert!(values(samples).iter().all(|v| v.is_finite()));
+        let cold = m.sample(2, 0.0, &device);
+        let zero = m.decode(Latents {
+            scales: config
+                .latent_shapes()
+                .into_iter()
+                .map(|[c, h, w]| Tensor::zeros([2, c, h, w], &device))
+                .collect(),
+        });
+        assert_eq!(values(cold), values(zero));
+    }
+
+    #[test]
+    fn config_reads_from_toml_and_rejects_unknown_keys() {
+        let config: RealNvpConfig = toml::from_str(
+            "channels = 1\nheight = 28\nwidth = 28\nscales = 2\n[preprocess]\nlevels = 256\n",
+        )
+        .expect("valid TOML");
+        assert_eq!(config.height, 28);
+        assert_eq!(config.res_blocks, RealNvpConfig::default().res_blocks);
+        let round_trip: RealNvpConfig =
+            toml::from_str(&toml::to_string(&config).expect("serialisable")).expect("valid TOML");
+        assert_eq!(round_trip, config);
+        let err = toml::from_str::<RealNvpConfig>("chanels = 1\n").expect_err("unknown key");
+        assert!(err.to_string().contains("chanels"), "{err}");
+    }
+
+    #[test]
+    fn invalid_configs_name_their_key() {
+        let bad = [
+            (
+                RealNvpConfig {
+                    height: 30,
+                    scales: 3,
+                    ..Default::default()
+                },
+                "height",
+            ),
+            (
+                RealNvpConfig {
+                    width: 4,
+                    scales: 3,
+                    ..Default::default()
+                },
+                "width",
+            ),
+            (
+                RealNvpConfig {
+                    channels: 0,
+                    ..Default::default()
+                },
+                "channels",
+            ),
+            (
+                RealNvpConfig {
+                    scales: 0,
+                    ..Default::default()
+                },
+                "scales",
+            ),
+            (
+                RealNvpConfig {
+                    batch_norm_momentum: 0.0,
+                    ..Default::default()
+                },
+                "batch_norm_momentum",
+            ),
+        ];
+        for (config, key) in bad {
+            let err = config
+                .init::<Cpu>(&Default::default())
+                .expect_err("invalid config accepted");
+            assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn scale_penalty_sums_every_coupling() {
+        let m = small_config(1, false)
+            .init::<Cpu>(&Default::default())
+            .expect("valid");
+        // Scale 0: 3 checkerboard couplings change 1 channel, 3 channel-wise change 2;
+        // scale 1: 4 checkerboard couplings change 2 channels. Scales start at one.
+        assert_eq!(values(m.scale_penalty()), vec![3.0 + 6.0 + 8.0]);
+    }
+}

@@ -1,0 +1,91 @@
+//! The s/t network of the image couplings: a deep residual network of weight-normalised
+//! 3x3 convolutions with batch normalization (paper, sections 3.7 and 4.1).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::tensor::{activation::relu, backend::Backend, Tensor};
+
+use crate::coupling::CouplingNet;
+use crate::weight_norm::WeightNormConv2d;
+
+/// A pre-activation residual block: `x + conv(relu(bn(conv(relu(bn(x))))))`.
+#[derive(Module, Debug)]
+pub struct ResidualBlock<B: Backend> {
+    norm1: BatchNorm<B>,
+    conv1: WeightNormConv2d<B>,
+    norm2: BatchNorm<B>,
+    conv2: WeightNormConv2d<B>,
+}
+
+impl<B: Backend> ResidualBlock<B> {
+    /// A block on `features` feature maps.
+    pub fn new(features: usize, device: &B::Device) -> Self {
+        Self {
+            norm1: BatchNormConfig::new(features).init(device),
+            conv1: WeightNormConv2d::new(features, features, 3, device),
+            norm2: BatchNormConfig::new(features).init(device),
+            conv2: WeightNormConv2d::new(features, features, 3, device),
+        }
+    }
+
+    /// `[batch, features, h, w] -> [batch, features, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = self.conv1.forward(relu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(relu(self.norm2.forward(h)));
+        x + h
+    }
+}
+
+/// The residual network that computes the raw scale and the shift of a coupling layer from
+/// its conditioning input (plus one mask channel).
+///
+/// `[batch, in + 1, h, w] -> (raw_s, t)`, each `[batch, out, h, w]`. The output convolution
+/// starts at zero, so that `s = t = 0` and the coupling is the identity at initialisation.
+#[derive(Module, Debug)]
+pub struct ResNet<B: Backend> {
+    input: WeightNormConv2d<B>,
+    blocks: Vec<ResidualBlock<B>>,
+    norm: BatchNorm<B>,
+    output: Conv2d<B>,
+}
+
+impl<B: Backend> ResNet<B> {
+    /// `channels_in` conditioning channels (the mask channel is added here), `channels_out`
+    /// changed channels, `blocks` residual blocks of `features` feature maps.
+    pub fn new(
+        channels_in: usize,
+        channels_out: usize,
+        features: usize,
+        blocks: usize,
+        device: &B::Device,
+    ) -> Self {
+        let output = Conv2dConfig::new([features, 2 * channels_out], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        Self {
+            input: WeightNormConv2d::new(channels_in + 1, features, 3, device),
+            blocks: (0..blocks)
+                .map(|_| ResidualBlock::new(features, device))
+                .collect(),
+            norm: BatchNormConfig::new(features).init(device),
+            output,
+        }
+    }
+}
+
+impl<B: Backend> CouplingNet<B, 4> for ResNet<B> {
+    fn forward(&self, input: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let h = self
+            .blocks
+            .iter()
+            .fold(self.input.forward(input), |h, block| block.forward(h));
+        let out = self.output.forward(relu(self.norm.forward(h)));
+        let changed = out.dims()[1] / 2;
+        (
+            out.clone().narrow(1, 0, changed),
+            out.narrow(1, changed, changed),
+        )
+    }
+}

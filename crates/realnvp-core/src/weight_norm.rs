@@ -1,0 +1,97 @@
+//! Weight-normalised convolution (Salimans & Kingma, 2016), which burn-nn does not have.
+
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::{backend::Backend, module::conv2d, ops::ConvOptions, Tensor};
+
+/// A 3x3 (or any odd `k x k`) stride-1 "same" convolution whose weight is
+/// `w = g * v / ||v||`, the norm taken per output channel over `[in, k, k]`.
+#[derive(Module, Debug)]
+pub struct WeightNormConv2d<B: Backend> {
+    /// Direction `v`, shape `[out, in, k, k]`.
+    pub direction: Param<Tensor<B, 4>>,
+    /// Per-output-channel length `g`, shape `[out]`.
+    pub length: Param<Tensor<B, 1>>,
+    /// Bias, shape `[out]`.
+    pub bias: Param<Tensor<B, 1>>,
+    kernel: usize,
+}
+
+impl<B: Backend> WeightNormConv2d<B> {
+    /// A `channels_in -> channels_out` convolution with a `kernel x kernel` window,
+    /// initialised so that `w = v` (Kaiming-uniform `v`, `g = ||v||`) and zero bias.
+    pub fn new(channels_in: usize, channels_out: usize, kernel: usize, device: &B::Device) -> Self {
+        let fan_in = channels_in * kernel * kernel;
+        let direction: Param<Tensor<B, 4>> = Initializer::KaimingUniform {
+            gain: 1.0 / 3f64.sqrt(),
+            fan_out_only: false,
+        }
+        .init_with(
+            [channels_out, channels_in, kernel, kernel],
+            Some(fan_in),
+            Some(channels_out * kernel * kernel),
+            device,
+        );
+        let length = Self::norm(direction.val()).detach();
+        Self {
+            direction,
+            length: Param::from_tensor(length),
+            bias: Initializer::Zeros.init([channels_out], device),
+            kernel,
+        }
+    }
+
+    /// The effective weight `g * v / ||v||`, shape `[out, in, k, k]`.
+    pub fn weight(&self) -> Tensor<B, 4> {
+        let v = self.direction.val();
+        let out = v.dims()[0];
+        let scale = self.length.val() / Self::norm(v.clone());
+        v * scale.reshape([out, 1, 1, 1])
+    }
+
+    /// `[batch, in, h, w] -> [batch, out, h, w]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let pad = self.kernel / 2;
+        conv2d(
+            x,
+            self.weight(),
+            Some(self.bias.val()),
+            ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
+        )
+    }
+
+    fn norm(v: Tensor<B, 4>) -> Tensor<B, 1> {
+        let out = v.dims()[0];
+        v.powi_scalar(2)
+            .reshape([out as i32, -1])
+            .sum_dim(1)
+            .sqrt()
+            .reshape([out])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    fn weight_has_the_learned_length_per_output_channel() {
+        let conv = perturb(
+            WeightNormConv2d::<Cpu>::new(3, 5, 3, &Default::default()),
+            0.5,
+            1,
+        );
+        let norms = values(WeightNormConv2d::norm(conv.weight()));
+        let lengths: Vec<f64> = values(conv.length.val()).iter().map(|g| g.abs()).collect();
+        assert_close(&norms, &lengths, 1e-5, "per-channel norm");
+    }
+
+    #[test]
+    fn starts_as_the_plain_convolution_of_its_direction() {
+        let conv = WeightNormConv2d::<Cpu>::new(2, 4, 3, &Default::default());
+        assert!(max_abs_diff(conv.weight(), conv.direction.val()) < 1e-6);
+        let x = uniform::<Cpu, 4>([1, 2, 5, 5], -1.0, 1.0, 1);
+        assert_eq!(conv.forward(x).dims(), [1, 4, 5, 5]);
+    }
+}
