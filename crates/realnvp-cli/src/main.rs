@@ -1,15 +1,22 @@
-//! `realnvp`: the command-line front end of realnvp-rs.
+//! `realnvp`: train, evaluate, sample and score Real NVP models from the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use burn::backend::Autodiff;
 use burn::module::Module;
-use clap::{Parser, Subcommand};
-use realnvp_core::RealNvpConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+use realnvp_core::{Dequantization, Flow, FlowBatch, FlowConfig, RealNvpConfig};
+use realnvp_train::data::Splits;
+use realnvp_train::{evaluate, load_run_model, run_config, train, write_samples, RunConfig, Split, TrainOptions};
 
 mod backend;
+mod score;
 
-/// Real NVP normalizing flows (Dinh et al.) on Burn.
+/// Real NVP normalizing flows (Dinh et al.) on Burn: exact likelihood, exact sampling and
+/// exact inversion.
 #[derive(Parser, Debug)]
 #[command(name = "realnvp", version, about)]
 struct Cli {
@@ -19,14 +26,93 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build a model from a configuration and print its architecture, latent shapes and
-    /// parameter count.
+    /// Train a model (by default the digits model on the embedded data set), or resume a
+    /// run.
+    Train(TrainArgs),
+    /// Print held-out (or training) bits/dim and negative log-likelihood of a run's model.
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Which split.
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw samples from a run's model into a PNG grid.
+    Sample {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Number of samples.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Standard deviation of the prior (0 < T <= 1 sharpens samples).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Seed of the draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Log-likelihood (nats) and bits/dim of each image of a file or folder, or of each
+    /// row of a CSV file for vector models, in input order.
+    Score {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// An image, a folder of images, or a CSV file.
+        #[arg(long)]
+        input: PathBuf,
+        /// One JSON object per line.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV with a header.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Build a model from a configuration and print its latent shapes and parameter count.
     Describe {
-        /// Model configuration (TOML, the keys of `RealNvpConfig`); the default 3x32x32
-        /// model when absent.
+        /// Model configuration (TOML keys of `RealNvpConfig`); the default 3x32x32 model
+        /// when absent.
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Run configuration (TOML); the embedded digits model when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a configuration key, e.g. `--set train.learning_rate=3e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Run directory [default: runs/<config name>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its newest intact checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after N steps in total (0 writes the initialised model).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop after M minutes of training in total.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Seed of initialisation, data order and noise.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum SplitArg {
+    Test,
+    Train,
 }
 
 fn main() -> ExitCode {
@@ -40,41 +126,153 @@ fn main() -> ExitCode {
     }
 }
 
+type Inference = backend::Inference;
+type Training = Autodiff<backend::Inference>;
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Train(args) => train_command(args),
+        Command::Eval { run, split, json } => eval_command(&run, split, json),
+        Command::Sample {
+            run,
+            n,
+            temperature,
+            seed,
+            out,
+        } => sample_command(&run, n, temperature, seed, &out),
+        Command::Score { run, input, json, csv } => score::score_command(&run, &input, json, csv),
         Command::Describe { config } => describe(config),
     }
+}
+
+fn train_command(args: TrainArgs) -> Result<(), String> {
+    let name = args
+        .config
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "digits".into());
+    let run_dir = args.out.clone().unwrap_or_else(|| Path::new("runs").join(name));
+    let mut overrides = args.overrides.clone();
+    if let Some(steps) = args.steps {
+        overrides.push(format!("train.max_steps={steps}"));
+    }
+    if let Some(minutes) = args.minutes {
+        overrides.push(format!("train.max_minutes={minutes}"));
+    }
+    if let Some(seed) = args.seed {
+        overrides.push(format!("train.seed={seed}"));
+    }
+    let config = if args.resume && args.config.is_none() && run_dir.join("config.toml").is_file() {
+        RunConfig::load(Some(&run_dir.join("config.toml")), &overrides)
+    } else {
+        RunConfig::load(args.config.as_deref(), &overrides)
+    }
+    .map_err(|e| e.to_string())?;
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    eprintln!("backend: {}", backend::NAME);
+    eprintln!("run directory: {}", run_dir.display());
+    let options = TrainOptions {
+        run_dir: run_dir.clone(),
+        resume: args.resume,
+        interrupt,
+        progress: true,
+    };
+    let summary = train::<Training>(&config, &options, &backend::device()).map_err(|e| e.to_string())?;
+    println!(
+        "{} after {} steps ({:.1} s, {:.1} images/s): test {:.4} bits/dim ({} examples)",
+        if summary.interrupted { "interrupted" } else { "done" },
+        summary.steps,
+        summary.seconds,
+        summary.images_per_second,
+        summary.test.bits_per_dim,
+        summary.test.examples
+    );
+    println!("samples: {}", run_dir.join("samples").display());
+    println!("model: {}", summary.export.display());
+    Ok(())
+}
+
+fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
+    let config = run_config(run).map_err(|e| e.to_string())?;
+    let device = backend::device();
+    let (model, _) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
+    let splits = Splits::load(&config.data, config.train.seed).map_err(|e| e.to_string())?;
+    let split = match split {
+        SplitArg::Test => Split::Test,
+        SplitArg::Train => Split::Train,
+    };
+    let result = evaluate(&model, &splits, split, config.train.eval_batch_size, None, config.train.seed, &device)
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
+    } else {
+        eprintln!("backend: {}", backend::NAME);
+        println!(
+            "{:.4} bits/dim, {:.2} nats per example, {} examples",
+            result.bits_per_dim, result.nll_nats, result.examples
+        );
+    }
+    Ok(())
+}
+
+fn sample_command(run: &Path, n: usize, temperature: f64, seed: u64, out: &Path) -> Result<(), String> {
+    if !(temperature >= 0.0) || n == 0 {
+        return Err(format!("--n must be positive and --temperature >= 0 (got {n}, {temperature})"));
+    }
+    let device = backend::device();
+    let (model, _) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
+    eprintln!("backend: {}", backend::NAME);
+    write_samples(&model, out, n, temperature, seed, &device).map_err(|e| e.to_string())?;
+    println!("{}", out.display());
+    Ok(())
 }
 
 fn describe(config: Option<PathBuf>) -> Result<(), String> {
     let config = match config {
         Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            toml::from_str::<RealNvpConfig>(&text)
-                .map_err(|e| format!("{}: {}", path.display(), e.message()))?
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str::<RealNvpConfig>(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?
         }
         None => RealNvpConfig::default(),
     };
     let device = backend::device();
-    let model = config
-        .init::<backend::Inference>(&device)
+    let model = FlowConfig::Image(config.clone())
+        .init::<Inference>(&device)
         .map_err(|e| e.to_string())?;
     println!("backend: {}", backend::NAME);
     println!(
-        "input: {}x{}x{} ({} dims, {} levels)",
+        "input: {}x{}x{} ({} dims)",
         config.channels,
         config.height,
         config.width,
-        config.dims(),
-        model.preprocess().levels()
+        config.dims()
     );
     for (i, shape) in config.latent_shapes().iter().enumerate() {
-        println!(
-            "latent of scale {i}: {}x{}x{}",
-            shape[0], shape[1], shape[2]
-        );
+        println!("latent of scale {i}: {}x{}x{}", shape[0], shape[1], shape[2]);
     }
     println!("parameters: {}", model.num_params());
     Ok(())
+}
+
+/// Bits/dim of a batch in evaluation mode with seeded uniform dequantisation.
+fn batch_bits_per_dim(model: &Flow<Inference>, batch: FlowBatch<Inference>) -> Vec<f64> {
+    use burn::tensor::backend::Backend;
+    Inference::seed(&backend::device(), 0);
+    model
+        .bits_per_dim(batch, Dequantization::Uniform)
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap_or_default()
 }

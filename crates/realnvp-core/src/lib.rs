@@ -31,6 +31,7 @@ pub mod batchnorm;
 pub mod bijector;
 pub mod coupling;
 pub mod error;
+pub mod flow;
 pub mod mask;
 pub mod model;
 pub mod multiscale;
@@ -47,6 +48,7 @@ pub mod testing;
 
 pub use bijector::Bijector;
 pub use error::ConfigError;
+pub use flow::{export_model, load_model, ExportError, Flow, FlowBatch, FlowConfig};
 pub use model::{Latents, RealNvp, RealNvpConfig};
 pub use preprocess::{Dequantization, Preprocess, PreprocessConfig};
 pub use vector::{VectorRealNvp, VectorRealNvpConfig};

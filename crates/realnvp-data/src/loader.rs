@@ -78,6 +78,76 @@ impl ImageSource {
     }
 }
 
+/// A split that can hand out examples by index: images or vectors.
+pub trait Fetch {
+    /// What a batch of examples is.
+    type Batch;
+
+    /// Number of examples.
+    fn len(&self) -> usize;
+
+    /// Whether there are no examples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples at `indices`; `crop_seeds` draw random crops (training), `flips`
+    /// mirror chosen images (ignored by vectors).
+    fn fetch(&self, indices: &[usize], crop_seeds: Option<&[u64]>, flips: &[bool]) -> Result<Self::Batch, DataError>;
+}
+
+impl Fetch for ImageSource {
+    type Batch = ImageArray;
+
+    fn len(&self) -> usize {
+        ImageSource::len(self)
+    }
+
+    fn fetch(&self, indices: &[usize], crop_seeds: Option<&[u64]>, flips: &[bool]) -> Result<ImageArray, DataError> {
+        ImageSource::fetch(self, indices, crop_seeds, flips)
+    }
+}
+
+/// Real vectors `[n, dims]` in memory (toy and tabular data).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorArray {
+    /// Dimensions per vector.
+    pub dims: usize,
+    /// Values, vector after vector.
+    pub values: Vec<f32>,
+}
+
+impl VectorArray {
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.values.len() / self.dims.max(1)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// As a tensor `[n, dims]`.
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(self.values.clone(), [self.len(), self.dims]), device)
+    }
+}
+
+impl Fetch for VectorArray {
+    type Batch = VectorArray;
+
+    fn len(&self) -> usize {
+        VectorArray::len(self)
+    }
+
+    fn fetch(&self, indices: &[usize], _: Option<&[u64]>, _: &[bool]) -> Result<VectorArray, DataError> {
+        let d = self.dims;
+        let values = indices.iter().flat_map(|&i| self.values[i * d..(i + 1) * d].iter().copied()).collect();
+        Ok(VectorArray { dims: d, values })
+    }
+}
+
 /// Position of a training stream: which epoch, and how many examples of its (seeded)
 /// order have been used. Saved in checkpoints so that a resumed run sees the same batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,14 +174,14 @@ pub struct StreamConfig {
 /// dropped, and flips and crops are drawn from `(seed, epoch, offset)` alone, so that the
 /// same position always gives the same batch.
 #[derive(Debug, Clone)]
-pub struct TrainStream {
-    source: ImageSource,
+pub struct TrainStream<S> {
+    source: S,
     config: StreamConfig,
 }
 
-impl TrainStream {
+impl<S: Fetch> TrainStream<S> {
     /// A stream over `source`.
-    pub fn new(source: ImageSource, config: StreamConfig) -> Result<Self, DataError> {
+    pub fn new(source: S, config: StreamConfig) -> Result<Self, DataError> {
         if config.batch_size == 0 || config.batch_size > source.len() {
             return Err(DataError::Dataset {
                 path: "training split".into(),
@@ -140,7 +210,7 @@ impl TrainStream {
     pub fn batch_at(
         &self,
         position: StreamPosition,
-    ) -> Result<(ImageArray, StreamPosition), DataError> {
+    ) -> Result<(S::Batch, StreamPosition), DataError> {
         let b = self.config.batch_size;
         let position = if position.offset + b > self.source.len() {
             StreamPosition {
@@ -188,10 +258,10 @@ fn mix(seed: u64, a: u64, b: u64) -> u64 {
 
 /// Every example of a split once, in order, in batches of at most `batch_size` (for
 /// evaluation: no shuffling, no flips, centre crops).
-pub fn eval_batches(
-    source: &ImageSource,
+pub fn eval_batches<S: Fetch>(
+    source: &S,
     batch_size: usize,
-) -> impl Iterator<Item = Result<ImageArray, DataError>> + '_ {
+) -> impl Iterator<Item = Result<S::Batch, DataError>> + '_ {
     let n = source.len();
     (0..n).step_by(batch_size.max(1)).map(move |start| {
         let indices: Vec<usize> = (start..(start + batch_size).min(n)).collect();
@@ -264,7 +334,7 @@ mod tests {
         }))
     }
 
-    fn stream(seed: u64) -> TrainStream {
+    fn stream(seed: u64) -> TrainStream<ImageSource> {
         TrainStream::new(
             source(10),
             StreamConfig {

@@ -1,1 +1,24 @@
-//! placeholder
+//! # realnvp-train
+//!
+//! Maximum-likelihood training of Real NVP models (`realnvp-core`) on the data sets of
+//! `realnvp-data`: Adam with the paper's scale penalty, warmup, gradient clipping and an
+//! optional weight average; bits/dim on the training stream and held-out split;
+//! stopping by steps, epochs or wall-clock minutes; a guard against non-finite steps; and
+//! run directories with crash-safe, resumable checkpoints, `metrics.jsonl`, sample grids
+//! and an inference export loadable by `realnvp-core` alone.
+//!
+//! A run directory holds `config.toml` (the resolved configuration), `model.toml`,
+//! `metrics.jsonl`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod grid;
+pub mod trainer;
+
+pub use config::RunConfig;
+pub use error::TrainError;
+pub use evaluate::{evaluate, write_samples, Evaluation, Split};
+pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary};

@@ -1,0 +1,457 @@
+//! The run configuration (TOML): data, model and training settings, with `key=value`
+//! overrides from the command line.
+
+use std::path::{Path, PathBuf};
+
+use realnvp_core::{FlowConfig, PreprocessConfig, RealNvpConfig, VectorRealNvpConfig};
+use realnvp_data::folder::FolderPreset;
+use realnvp_data::toy::Toy;
+use realnvp_data::DatasetInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Everything a run needs; written to the run directory as `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The data set.
+    pub data: DataConfig,
+    /// Image model settings (shape and levels come from the data set).
+    pub model: ImageModelSettings,
+    /// Vector model settings (dimensions come from the data set).
+    pub vector_model: VectorModelSettings,
+    /// Optimisation, stopping, logging and checkpointing.
+    pub train: TrainSettings,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            data: DataConfig::Digits { flip: false },
+            model: ImageModelSettings::default(),
+            vector_model: VectorModelSettings::default(),
+            train: TrainSettings::default(),
+        }
+    }
+}
+
+/// Which data set to train on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// The embedded UCI digits (8x8, 17 levels).
+    Digits {
+        /// Horizontal-flip augmentation.
+        #[serde(default)]
+        flip: bool,
+    },
+    /// A directory of the four standard IDX files (MNIST, Fashion-MNIST).
+    Idx {
+        /// The directory.
+        path: PathBuf,
+        /// Horizontal-flip augmentation.
+        #[serde(default)]
+        flip: bool,
+    },
+    /// The CIFAR-10 binary distribution (`cifar-10-batches-bin`).
+    Cifar10 {
+        /// The directory.
+        path: PathBuf,
+        /// Horizontal-flip augmentation (the paper uses it).
+        #[serde(default = "yes")]
+        flip: bool,
+    },
+    /// A folder of PNG/JPEG images; every 10th image (file order) is held out for test.
+    ImageFolder {
+        /// The folder.
+        path: PathBuf,
+        /// Size handling (CelebA, LSUN, resize, native).
+        preset: FolderPreset,
+        /// 3 for colour, 1 for grey.
+        #[serde(default = "three")]
+        channels: usize,
+        /// Horizontal-flip augmentation (the paper uses it for natural images).
+        #[serde(default = "yes")]
+        flip: bool,
+    },
+    /// A seeded 2-D toy distribution.
+    Toy {
+        /// Which distribution.
+        toy: Toy,
+        /// Training points.
+        #[serde(default = "toy_train")]
+        train: usize,
+        /// Test points.
+        #[serde(default = "toy_test")]
+        test: usize,
+    },
+    /// Numeric CSV files, standardised with training statistics.
+    Csv {
+        /// Training rows.
+        train: PathBuf,
+        /// Test rows.
+        test: PathBuf,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+fn three() -> usize {
+    3
+}
+fn toy_train() -> usize {
+    20_000
+}
+fn toy_test() -> usize {
+    5_000
+}
+
+/// Image model settings: `RealNvpConfig` without the keys the data set determines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageModelSettings {
+    /// Number of scales.
+    pub scales: usize,
+    /// Residual blocks per coupling network.
+    pub res_blocks: usize,
+    /// Feature maps at the first scale (doubled per scale).
+    pub features: usize,
+    /// Flow-path batch norm.
+    pub batch_norm: bool,
+    /// Weight of the current batch in the running averages.
+    pub batch_norm_momentum: f64,
+    /// Logit margin.
+    pub alpha: f64,
+    /// Model only the `n_bits` most significant bits.
+    pub n_bits: Option<u32>,
+}
+
+impl Default for ImageModelSettings {
+    fn default() -> Self {
+        let d = RealNvpConfig::default();
+        Self {
+            scales: 2,
+            res_blocks: d.res_blocks,
+            features: d.features,
+            batch_norm: d.batch_norm,
+            batch_norm_momentum: d.batch_norm_momentum,
+            alpha: d.preprocess.alpha,
+            n_bits: None,
+        }
+    }
+}
+
+/// Vector model settings: `VectorRealNvpConfig` without `dims`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorModelSettings {
+    /// Coupling layers.
+    pub couplings: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Hidden layers per coupling network.
+    pub hidden_layers: usize,
+    /// Flow-path batch norm.
+    pub batch_norm: bool,
+    /// Weight of the current batch in the running averages.
+    pub batch_norm_momentum: f64,
+}
+
+impl Default for VectorModelSettings {
+    fn default() -> Self {
+        let d = VectorRealNvpConfig::default();
+        Self {
+            couplings: d.couplings,
+            hidden: d.hidden,
+            hidden_layers: d.hidden_layers,
+            batch_norm: d.batch_norm,
+            batch_norm_momentum: d.batch_norm_momentum,
+        }
+    }
+}
+
+/// Optimisation, stopping, logging and checkpointing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    /// Seed of initialisation, data order, augmentation and dequantisation noise.
+    pub seed: u64,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Adam beta 1.
+    pub beta1: f32,
+    /// Adam beta 2.
+    pub beta2: f32,
+    /// Coefficient of the L2 penalty on the coupling scales (the paper's 5e-5).
+    pub scale_penalty: f64,
+    /// Linear learning-rate warmup over this many steps (0: none).
+    pub warmup_steps: u64,
+    /// Clip the gradient's global L2 norm to this value.
+    pub grad_clip_norm: Option<f32>,
+    /// Decay of an exponential moving average of the weights used for evaluation,
+    /// sampling and the export (e.g. 0.999); none when absent.
+    pub ema_decay: Option<f64>,
+    /// Stop after this many steps.
+    pub max_steps: Option<u64>,
+    /// Stop after this many epochs.
+    pub max_epochs: Option<u64>,
+    /// Stop after this many minutes of training (wall clock).
+    pub max_minutes: Option<f64>,
+    /// Evaluate held-out bits/dim, write samples and a checkpoint every this many steps.
+    pub eval_every: u64,
+    /// Examples per evaluation batch.
+    pub eval_batch_size: usize,
+    /// Held-out examples used by periodic evaluations (all at the end of the run).
+    pub eval_examples: Option<usize>,
+    /// Append a line to `metrics.jsonl` every this many steps.
+    pub log_every: u64,
+    /// Images in each sample grid.
+    pub samples: usize,
+    /// Prior temperature of the sample grids.
+    pub sample_temperature: f64,
+    /// Checkpoints kept besides the best one.
+    pub keep_checkpoints: usize,
+    /// Stop after this many non-finite steps in a row.
+    pub max_bad_steps: u32,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            scale_penalty: realnvp_core::PAPER_SCALE_PENALTY,
+            warmup_steps: 0,
+            grad_clip_norm: None,
+            ema_decay: None,
+            max_steps: None,
+            max_epochs: None,
+            max_minutes: None,
+            eval_every: 500,
+            eval_batch_size: 256,
+            eval_examples: None,
+            log_every: 10,
+            samples: 64,
+            sample_temperature: 1.0,
+            keep_checkpoints: 3,
+            max_bad_steps: 10,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file, applies `key=value` overrides (dotted keys, e.g.
+    /// `train.learning_rate=3e-4`) and validates the result.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        let (mut value, source) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+                let value: toml::Table = toml::from_str(&text).map_err(|e| TrainError::Config {
+                    origin: path.display().to_string(),
+                    message: e.message().to_string(),
+                })?;
+                (value, path.display().to_string())
+            }
+            None => (toml::Table::new(), "the default configuration".to_string()),
+        };
+        for item in overrides {
+            apply_override(&mut value, item)?;
+        }
+        let config: RunConfig = RunConfig::deserialize(toml::Value::Table(value)).map_err(|e| TrainError::Config {
+            origin: if overrides.is_empty() { source } else { format!("{source} with --set overrides") },
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the training settings.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let t = &self.train;
+        let bad = |key: &str, expected: &str| TrainError::Config {
+            origin: format!("train.{key}"),
+            message: format!("expected {expected}"),
+        };
+        if t.batch_size == 0 {
+            return Err(bad("batch_size", "a positive integer"));
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+            return Err(bad("learning_rate", "a positive number"));
+        }
+        if t.eval_every == 0 || t.log_every == 0 {
+            return Err(bad("eval_every/log_every", "positive integers"));
+        }
+        if t.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+            return Err(bad("ema_decay", "a number in [0, 1)"));
+        }
+        if !(t.sample_temperature >= 0.0) {
+            return Err(bad("sample_temperature", "a number >= 0"));
+        }
+        if t.max_minutes.is_some_and(|m| !(m >= 0.0)) {
+            return Err(bad("max_minutes", "a number >= 0"));
+        }
+        if t.eval_batch_size == 0 {
+            return Err(bad("eval_batch_size", "a positive integer"));
+        }
+        Ok(())
+    }
+
+    /// The model configuration matching a data set with `info` (images) or `dims`
+    /// (vectors).
+    pub fn flow_config(&self, data: &DataShape) -> Result<FlowConfig, TrainError> {
+        let config = match data {
+            DataShape::Images(info) => {
+                let m = &self.model;
+                FlowConfig::Image(RealNvpConfig {
+                    channels: info.shape[0],
+                    height: info.shape[1],
+                    width: info.shape[2],
+                    scales: m.scales,
+                    res_blocks: m.res_blocks,
+                    features: m.features,
+                    batch_norm: m.batch_norm,
+                    batch_norm_momentum: m.batch_norm_momentum,
+                    preprocess: PreprocessConfig {
+                        levels: info.levels,
+                        n_bits: m.n_bits,
+                        alpha: m.alpha,
+                    },
+                })
+            }
+            DataShape::Vectors { dims, .. } => {
+                let m = &self.vector_model;
+                FlowConfig::Vector(VectorRealNvpConfig {
+                    dims: *dims,
+                    couplings: m.couplings,
+                    hidden: m.hidden,
+                    hidden_layers: m.hidden_layers,
+                    batch_norm: m.batch_norm,
+                    batch_norm_momentum: m.batch_norm_momentum,
+                })
+            }
+        };
+        // Validate now so the error names the model key and the data set.
+        let validation = match &config {
+            FlowConfig::Image(c) => c.validate(),
+            FlowConfig::Vector(c) => c.validate(),
+        };
+        validation.map_err(|e| TrainError::Config {
+            origin: format!("model for data set `{}`", data.name()),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+}
+
+/// What the trainer learns about a data set before building the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataShape {
+    /// An image data set.
+    Images(DatasetInfo),
+    /// A vector data set.
+    Vectors {
+        /// Name for reports.
+        name: String,
+        /// Dimensions per vector.
+        dims: usize,
+    },
+}
+
+impl DataShape {
+    /// Name for reports.
+    pub fn name(&self) -> &str {
+        match self {
+            DataShape::Images(info) => &info.name,
+            DataShape::Vectors { name, .. } => name,
+        }
+    }
+}
+
+/// Sets `key=value` (dotted key) in a TOML table; the value is parsed as TOML, or taken as
+/// a string when it is not valid TOML.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), TrainError> {
+    let (key, raw) = item.split_once('=').ok_or_else(|| TrainError::Config {
+        origin: format!("--set {item}"),
+        message: "expected key=value".into(),
+    })?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, parents) = parts.split_last().ok_or_else(|| TrainError::Config {
+        origin: format!("--set {item}"),
+        message: "empty key".into(),
+    })?;
+    let mut current = table;
+    for part in parents {
+        current = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| TrainError::Config {
+                origin: format!("--set {item}"),
+                message: format!("`{part}` is not a table"),
+            })?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_train_on_the_embedded_digits() {
+        let config = RunConfig::load(None, &[]).expect("defaults are valid");
+        assert_eq!(config.data, DataConfig::Digits { flip: false });
+        assert_eq!(config.train.batch_size, 64);
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_with_types() {
+        let config = RunConfig::load(
+            None,
+            &["train.learning_rate=3e-4".into(), "model.features=16".into(), "train.max_minutes=1.5".into()],
+        )
+        .expect("valid overrides");
+        assert_eq!(config.train.learning_rate, 3e-4);
+        assert_eq!(config.model.features, 16);
+        assert_eq!(config.train.max_minutes, Some(1.5));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let err = RunConfig::load(None, &["train.learning_rat=1".into()]).expect_err("unknown").to_string();
+        assert!(err.contains("learning_rat"), "{err}");
+        let err = RunConfig::load(None, &["train.batch_size=\"big\"".into()]).expect_err("type").to_string();
+        assert!(err.contains("batch_size") || err.contains("invalid type"), "{err}");
+        let err = RunConfig::load(None, &["train.batch_size=0".into()]).expect_err("zero").to_string();
+        assert!(err.contains("train.batch_size"), "{err}");
+        let err = RunConfig::load(None, &["nonsense".into()]).expect_err("no =").to_string();
+        assert!(err.contains("key=value"), "{err}");
+    }
+
+    #[test]
+    fn a_model_that_does_not_fit_the_data_is_an_error_naming_both() {
+        let config = RunConfig::load(None, &["model.scales=4".into()]).expect("valid settings");
+        let info = DatasetInfo {
+            name: "digits".into(),
+            shape: [1, 8, 8],
+            levels: 17,
+            train: 1,
+            test: 1,
+            classes: None,
+        };
+        let err = config.flow_config(&DataShape::Images(info)).expect_err("8x8 with 4 scales").to_string();
+        assert!(err.contains("digits") && err.contains("height"), "{err}");
+    }
+}

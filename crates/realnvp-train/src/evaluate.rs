@@ -1,0 +1,141 @@
+//! Held-out bits/dim and samples of a model, shared by the trainer and the CLI.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use realnvp_core::{Dequantization, Flow, FlowBatch};
+use realnvp_data::loader::{eval_batches, Fetch, ImageSource, VectorArray};
+
+use crate::data::Splits;
+use crate::error::TrainError;
+use crate::grid::{write_image_grid, write_scatter};
+
+/// Bits/dim and negative log-likelihood of a split.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// Mean bits/dim (dequantised with uniform noise, the logit Jacobian counted).
+    pub bits_per_dim: f64,
+    /// Mean negative log-likelihood per example, nats (discrete for images).
+    pub nll_nats: f64,
+    /// Examples evaluated.
+    pub examples: usize,
+}
+
+/// Which split of a data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training split.
+    Train,
+    /// The held-out test split.
+    Test,
+}
+
+/// Evaluates `model` (evaluation mode: use a non-autodiff backend) on up to `limit`
+/// examples of `split`, in batches of `batch_size`. The dequantisation noise is seeded
+/// with `seed`, so the figure is reproducible.
+pub fn evaluate<B: Backend>(
+    model: &Flow<B>,
+    splits: &Splits,
+    split: Split,
+    batch_size: usize,
+    limit: Option<usize>,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Evaluation, TrainError> {
+    B::seed(device, seed);
+    let mut total_bpd = 0.0;
+    let mut examples = 0usize;
+    let dims;
+    match splits {
+        Splits::Images { train, test, info } => {
+            dims = info.shape.iter().product::<usize>();
+            let source: &ImageSource = if split == Split::Train { train } else { test };
+            let source = Limited { inner: source, limit };
+            for batch in eval_batches(&source, batch_size) {
+                let batch = batch?;
+                let n = batch.len();
+                let bpd = model.bits_per_dim(FlowBatch::Images(batch.to_tensor(device)), Dequantization::Uniform);
+                total_bpd += bpd.sum().into_scalar().elem_f64();
+                examples += n;
+            }
+        }
+        Splits::Vectors { train, test, .. } => {
+            dims = train.dims;
+            let source: &VectorArray = if split == Split::Train { train } else { test };
+            let source = Limited { inner: source, limit };
+            for batch in eval_batches(&source, batch_size) {
+                let batch = batch?;
+                let n = batch.len();
+                let bpd = model.bits_per_dim(FlowBatch::Vectors(batch.to_tensor(device)), Dequantization::Uniform);
+                total_bpd += bpd.sum().into_scalar().elem_f64();
+                examples += n;
+            }
+        }
+    }
+    let bits_per_dim = total_bpd / examples.max(1) as f64;
+    Ok(Evaluation {
+        bits_per_dim,
+        nll_nats: bits_per_dim * dims as f64 * std::f64::consts::LN_2,
+        examples,
+    })
+}
+
+/// The first `limit` examples of a split.
+struct Limited<'a, S> {
+    inner: &'a S,
+    limit: Option<usize>,
+}
+
+impl<S: Fetch> Fetch for Limited<'_, S> {
+    type Batch = S::Batch;
+
+    fn len(&self) -> usize {
+        self.limit.map_or(self.inner.len(), |l| l.min(self.inner.len()))
+    }
+
+    fn fetch(&self, indices: &[usize], crops: Option<&[u64]>, flips: &[bool]) -> Result<S::Batch, realnvp_data::DataError> {
+        self.inner.fetch(indices, crops, flips)
+    }
+}
+
+trait ElemF64 {
+    fn elem_f64(self) -> f64;
+}
+
+impl<E: burn::tensor::ElementConversion> ElemF64 for E {
+    fn elem_f64(self) -> f64 {
+        self.elem::<f64>()
+    }
+}
+
+/// Draws `n` samples at `temperature` (seeded) and writes them to `path` as PNG: an image
+/// grid for image models, a 2-D histogram for 2-D vector models.
+pub fn write_samples<B: Backend>(
+    model: &Flow<B>,
+    path: &Path,
+    n: usize,
+    temperature: f64,
+    seed: u64,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    B::seed(device, seed);
+    match model {
+        Flow::Image(m) => {
+            let samples = m.preprocess().quantize(m.sample(n, temperature, device));
+            let shape = samples.dims();
+            let pixels = samples.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            let columns = (n as f64).sqrt().ceil() as usize;
+            write_image_grid(path, &pixels, shape, m.preprocess().levels(), columns)
+        }
+        Flow::Vector(m) => {
+            if m.dims() != 2 {
+                return Err(TrainError::Config {
+                    origin: "sample".into(),
+                    message: format!("a {}-dimensional vector model has no picture; only 2-D models are drawn", m.dims()),
+                });
+            }
+            let points = m.sample(n, temperature, device).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            write_scatter(path, &points, 4.0, 256)
+        }
+    }
+}
