@@ -10,7 +10,9 @@ use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
 use realnvp_core::{Dequantization, Flow, FlowBatch, FlowConfig, RealNvpConfig};
 use realnvp_train::data::Splits;
-use realnvp_train::{evaluate, load_run_model, run_config, train, write_samples, RunConfig, Split, TrainOptions};
+use realnvp_train::{
+    evaluate, load_run_model, run_config, train, write_samples, RunConfig, Split, TrainOptions,
+};
 
 mod backend;
 mod score;
@@ -140,7 +142,12 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             out,
         } => sample_command(&run, n, temperature, seed, &out),
-        Command::Score { run, input, json, csv } => score::score_command(&run, &input, json, csv),
+        Command::Score {
+            run,
+            input,
+            json,
+            csv,
+        } => score::score_command(&run, &input, json, csv),
         Command::Describe { config } => describe(config),
     }
 }
@@ -152,7 +159,10 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
         .and_then(|p| p.file_stem())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "digits".into());
-    let run_dir = args.out.clone().unwrap_or_else(|| Path::new("runs").join(name));
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(name));
     let mut overrides = args.overrides.clone();
     if let Some(steps) = args.steps {
         overrides.push(format!("train.max_steps={steps}"));
@@ -176,7 +186,9 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+        eprintln!(
+            "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)"
+        );
     })
     .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
 
@@ -188,10 +200,15 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
         interrupt,
         progress: true,
     };
-    let summary = train::<Training>(&config, &options, &backend::device()).map_err(|e| e.to_string())?;
+    let summary =
+        train::<Training>(&config, &options, &backend::device()).map_err(|e| e.to_string())?;
     println!(
         "{} after {} steps ({:.1} s, {:.1} images/s): test {:.4} bits/dim ({} examples)",
-        if summary.interrupted { "interrupted" } else { "done" },
+        if summary.interrupted {
+            "interrupted"
+        } else {
+            "done"
+        },
         summary.steps,
         summary.seconds,
         summary.images_per_second,
@@ -212,10 +229,21 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
         SplitArg::Test => Split::Test,
         SplitArg::Train => Split::Train,
     };
-    let result = evaluate(&model, &splits, split, config.train.eval_batch_size, None, config.train.seed, &device)
-        .map_err(|e| e.to_string())?;
+    let result = evaluate(
+        &model,
+        &splits,
+        split,
+        config.train.eval_batch_size,
+        None,
+        config.train.seed,
+        &device,
+    )
+    .map_err(|e| e.to_string())?;
     if json {
-        println!("{}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string(&result).map_err(|e| e.to_string())?
+        );
     } else {
         eprintln!("backend: {}", backend::NAME);
         println!(
@@ -226,9 +254,17 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn sample_command(run: &Path, n: usize, temperature: f64, seed: u64, out: &Path) -> Result<(), String> {
+fn sample_command(
+    run: &Path,
+    n: usize,
+    temperature: f64,
+    seed: u64,
+    out: &Path,
+) -> Result<(), String> {
     if !(temperature >= 0.0) || n == 0 {
-        return Err(format!("--n must be positive and --temperature >= 0 (got {n}, {temperature})"));
+        return Err(format!(
+            "--n must be positive and --temperature >= 0 (got {n}, {temperature})"
+        ));
     }
     let device = backend::device();
     let (model, _) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
@@ -241,8 +277,10 @@ fn sample_command(run: &Path, n: usize, temperature: f64, seed: u64, out: &Path)
 fn describe(config: Option<PathBuf>) -> Result<(), String> {
     let config = match config {
         Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            toml::from_str::<RealNvpConfig>(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str::<RealNvpConfig>(&text)
+                .map_err(|e| format!("{}: {}", path.display(), e.message()))?
         }
         None => RealNvpConfig::default(),
     };
@@ -259,7 +297,10 @@ fn describe(config: Option<PathBuf>) -> Result<(), String> {
         config.dims()
     );
     for (i, shape) in config.latent_shapes().iter().enumerate() {
-        println!("latent of scale {i}: {}x{}x{}", shape[0], shape[1], shape[2]);
+        println!(
+            "latent of scale {i}: {}x{}x{}",
+            shape[0], shape[1], shape[2]
+        );
     }
     println!("parameters: {}", model.num_params());
     Ok(())

@@ -36,9 +36,17 @@ pub fn score_command(run: &Path, input: &Path, json: bool, csv: bool) -> Result<
                 serde_json::json!({"input": r.input, "log_likelihood_nats": r.log_likelihood_nats, "bits_per_dim": r.bits_per_dim})
             );
         } else if csv {
-            println!("\"{}\",{},{}", r.input.replace('"', "\"\""), r.log_likelihood_nats, r.bits_per_dim);
+            println!(
+                "\"{}\",{},{}",
+                r.input.replace('"', "\"\""),
+                r.log_likelihood_nats,
+                r.bits_per_dim
+            );
         } else {
-            println!("{}\t{:.4} nats\t{:.4} bits/dim", r.input, r.log_likelihood_nats, r.bits_per_dim);
+            println!(
+                "{}\t{:.4} nats\t{:.4} bits/dim",
+                r.input, r.log_likelihood_nats, r.bits_per_dim
+            );
         }
     }
     Ok(())
@@ -46,9 +54,16 @@ pub fn score_command(run: &Path, input: &Path, json: bool, csv: bool) -> Result<
 
 /// Images of a file or folder, at the model's size; 8-bit values are mapped to the model's
 /// levels.
-fn score_images(model: &Flow<Inference>, config: &realnvp_core::RealNvpConfig, input: &Path) -> Result<Vec<Record>, String> {
+fn score_images(
+    model: &Flow<Inference>,
+    config: &realnvp_core::RealNvpConfig,
+    input: &Path,
+) -> Result<Vec<Record>, String> {
     let (dir, only) = if input.is_file() {
-        (input.parent().unwrap_or(Path::new(".")).to_path_buf(), Some(input.to_path_buf()))
+        (
+            input.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            Some(input.to_path_buf()),
+        )
     } else {
         (input.to_path_buf(), None)
     };
@@ -72,13 +87,19 @@ fn score_images(model: &Flow<Inference>, config: &realnvp_core::RealNvpConfig, i
     let device = backend::device();
     let mut records = Vec::new();
     for chunk in indices.chunks(64) {
-        let mut batch = folder.decode_batch(chunk, None, &[]).map_err(|e| e.to_string())?;
+        let mut batch = folder
+            .decode_batch(chunk, None, &[])
+            .map_err(|e| e.to_string())?;
         if batch.shape != expected {
             return Err(format!(
                 "{}: images are {}x{}x{}, the model expects {}x{}x{}",
                 input.display(),
-                batch.shape[0], batch.shape[1], batch.shape[2],
-                expected[0], expected[1], expected[2]
+                batch.shape[0],
+                batch.shape[1],
+                batch.shape[2],
+                expected[0],
+                expected[1],
+                expected[2]
             ));
         }
         if levels != 256 {
@@ -100,10 +121,19 @@ fn score_images(model: &Flow<Inference>, config: &realnvp_core::RealNvpConfig, i
 
 /// Rows of a CSV file; for runs trained on CSV data the training standardisation is applied
 /// and its Jacobian counted, so the density is that of the raw rows.
-fn score_rows(model: &Flow<Inference>, dims: usize, run: &Path, input: &Path) -> Result<Vec<Record>, String> {
+fn score_rows(
+    model: &Flow<Inference>,
+    dims: usize,
+    run: &Path,
+    input: &Path,
+) -> Result<Vec<Record>, String> {
     let table = read_csv(input).map_err(|e| e.to_string())?;
     if table.columns.len() != dims {
-        return Err(format!("{}: {} columns, the model expects {dims}", input.display(), table.columns.len()));
+        return Err(format!(
+            "{}: {} columns, the model expects {dims}",
+            input.display(),
+            table.columns.len()
+        ));
     }
     let config = run_config(run).map_err(|e| e.to_string())?;
     let (table, log_jacobian) = match &config.data {
@@ -115,7 +145,10 @@ fn score_rows(model: &Flow<Inference>, dims: usize, run: &Path, input: &Path) ->
         _ => (table, 0.0),
     };
     let device = backend::device();
-    let rows = VectorArray { dims, values: table.values.iter().map(|&v| v as f32).collect() };
+    let rows = VectorArray {
+        dims,
+        values: table.values.iter().map(|&v| v as f32).collect(),
+    };
     let bpd = batch_bits_per_dim(model, FlowBatch::Vectors(rows.to_tensor(&device)));
     Ok(bpd
         .iter()

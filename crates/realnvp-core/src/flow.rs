@@ -82,14 +82,21 @@ impl<B: Backend> Flow<B> {
     ///
     /// # Panics
     /// If the batch kind does not match the model kind.
-    pub fn bits_per_dim(&self, batch: FlowBatch<B>, dequantization: Dequantization) -> Tensor<B, 1> {
+    pub fn bits_per_dim(
+        &self,
+        batch: FlowBatch<B>,
+        dequantization: Dequantization,
+    ) -> Tensor<B, 1> {
         match (self, batch) {
             (Flow::Image(m), FlowBatch::Images(x)) => m.bits_per_dim(x, dequantization),
             (Flow::Vector(m), FlowBatch::Vectors(x)) => {
                 let dims = m.dims() as f64;
                 m.log_prob(x).div_scalar(-dims * std::f64::consts::LN_2)
             }
-            _ => panic!("a batch of the other kind was given to a {} model", self.kind()),
+            _ => panic!(
+                "a batch of the other kind was given to a {} model",
+                self.kind()
+            ),
         }
     }
 
@@ -146,7 +153,11 @@ pub const CONFIG_FILE: &str = "model.toml";
 
 /// Writes `model` and its `config` into `dir` (`model.safetensors`, `model.toml`),
 /// creating the directory. Batch-norm running averages are saved with the weights.
-pub fn export_model<B: Backend>(model: &Flow<B>, config: &FlowConfig, dir: &Path) -> Result<(), ExportError> {
+pub fn export_model<B: Backend>(
+    model: &Flow<B>,
+    config: &FlowConfig,
+    dir: &Path,
+) -> Result<(), ExportError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ExportError::Io { path, source }
@@ -160,10 +171,12 @@ pub fn export_model<B: Backend>(model: &Flow<B>, config: &FlowConfig, dir: &Path
     std::fs::write(&config_path, text).map_err(io(&config_path))?;
     let weights = dir.join(WEIGHTS_FILE);
     let mut store = SafetensorsStore::from_file(&weights).overwrite(true);
-    model.save_into(&mut store).map_err(|e| ExportError::Weights {
-        path: weights.clone(),
-        message: e.to_string(),
-    })
+    model
+        .save_into(&mut store)
+        .map_err(|e| ExportError::Weights {
+            path: weights.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// Reads the configuration of an export directory.
@@ -180,7 +193,10 @@ pub fn read_export_config(dir: &Path) -> Result<FlowConfig, ExportError> {
 }
 
 /// Loads a model written by [`export_model`] onto `device`, with nothing but this crate.
-pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Flow<B>, FlowConfig), ExportError> {
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(Flow<B>, FlowConfig), ExportError> {
     let config = read_export_config(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     let mut model = config.init::<B>(device).map_err(|e| ExportError::Config {
@@ -195,10 +211,12 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Flow<B>
         });
     }
     let mut store = SafetensorsStore::from_file(&weights);
-    let result = model.load_from(&mut store).map_err(|e| ExportError::Weights {
-        path: weights.clone(),
-        message: e.to_string(),
-    })?;
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| ExportError::Weights {
+            path: weights.clone(),
+            message: e.to_string(),
+        })?;
     if !result.missing.is_empty() || !result.errors.is_empty() {
         return Err(ExportError::Weights {
             path: weights,
@@ -238,25 +256,51 @@ mod tests {
         let x = uniform::<Cpu, 4>([3, 1, 8, 8], 0.0, 256.0, 2).floor();
         let a = model.bits_per_dim(FlowBatch::Images(x.clone()), Dequantization::Centre);
         let b = loaded.bits_per_dim(FlowBatch::Images(x), Dequantization::Centre);
-        assert_eq!(values(a), values(b), "weights and running averages survive the export");
+        assert_eq!(
+            values(a),
+            values(b),
+            "weights and running averages survive the export"
+        );
     }
 
     #[test]
     fn missing_or_mismatched_exports_name_the_file() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let err = load_model::<Cpu>(dir.path(), &Default::default()).expect_err("empty dir").to_string();
+        let err = load_model::<Cpu>(dir.path(), &Default::default())
+            .expect_err("empty dir")
+            .to_string();
         assert!(err.contains(CONFIG_FILE), "{err}");
 
         let device = Default::default();
         let small = FlowConfig::Vector(VectorRealNvpConfig::default());
-        export_model(&small.init::<Cpu>(&device).expect("valid"), &small, dir.path()).expect("writable");
-        let bigger = FlowConfig::Vector(VectorRealNvpConfig { hidden: 8, ..Default::default() });
-        std::fs::write(dir.path().join(CONFIG_FILE), toml::to_string(&bigger).expect("toml")).expect("writable");
-        let err = load_model::<Cpu>(dir.path(), &device).expect_err("shapes differ").to_string();
+        export_model(
+            &small.init::<Cpu>(&device).expect("valid"),
+            &small,
+            dir.path(),
+        )
+        .expect("writable");
+        let bigger = FlowConfig::Vector(VectorRealNvpConfig {
+            hidden: 8,
+            ..Default::default()
+        });
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            toml::to_string(&bigger).expect("toml"),
+        )
+        .expect("writable");
+        let err = load_model::<Cpu>(dir.path(), &device)
+            .expect_err("shapes differ")
+            .to_string();
         assert!(err.contains(WEIGHTS_FILE), "{err}");
 
-        std::fs::write(dir.path().join(CONFIG_FILE), "kind = \"image\"\nheight = 7\n").expect("writable");
-        let err = load_model::<Cpu>(dir.path(), &device).expect_err("invalid").to_string();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "kind = \"image\"\nheight = 7\n",
+        )
+        .expect("writable");
+        let err = load_model::<Cpu>(dir.path(), &device)
+            .expect_err("invalid")
+            .to_string();
         assert!(err.contains("height"), "{err}");
     }
 }

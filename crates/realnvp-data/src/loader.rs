@@ -93,7 +93,12 @@ pub trait Fetch {
 
     /// The examples at `indices`; `crop_seeds` draw random crops (training), `flips`
     /// mirror chosen images (ignored by vectors).
-    fn fetch(&self, indices: &[usize], crop_seeds: Option<&[u64]>, flips: &[bool]) -> Result<Self::Batch, DataError>;
+    fn fetch(
+        &self,
+        indices: &[usize],
+        crop_seeds: Option<&[u64]>,
+        flips: &[bool],
+    ) -> Result<Self::Batch, DataError>;
 }
 
 impl Fetch for ImageSource {
@@ -103,7 +108,12 @@ impl Fetch for ImageSource {
         ImageSource::len(self)
     }
 
-    fn fetch(&self, indices: &[usize], crop_seeds: Option<&[u64]>, flips: &[bool]) -> Result<ImageArray, DataError> {
+    fn fetch(
+        &self,
+        indices: &[usize],
+        crop_seeds: Option<&[u64]>,
+        flips: &[bool],
+    ) -> Result<ImageArray, DataError> {
         ImageSource::fetch(self, indices, crop_seeds, flips)
     }
 }
@@ -130,7 +140,10 @@ impl VectorArray {
 
     /// As a tensor `[n, dims]`.
     pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(self.values.clone(), [self.len(), self.dims]), device)
+        Tensor::from_data(
+            TensorData::new(self.values.clone(), [self.len(), self.dims]),
+            device,
+        )
     }
 }
 
@@ -141,9 +154,17 @@ impl Fetch for VectorArray {
         VectorArray::len(self)
     }
 
-    fn fetch(&self, indices: &[usize], _: Option<&[u64]>, _: &[bool]) -> Result<VectorArray, DataError> {
+    fn fetch(
+        &self,
+        indices: &[usize],
+        _: Option<&[u64]>,
+        _: &[bool],
+    ) -> Result<VectorArray, DataError> {
         let d = self.dims;
-        let values = indices.iter().flat_map(|&i| self.values[i * d..(i + 1) * d].iter().copied()).collect();
+        let values = indices
+            .iter()
+            .flat_map(|&i| self.values[i * d..(i + 1) * d].iter().copied())
+            .collect();
         Ok(VectorArray { dims: d, values })
     }
 }

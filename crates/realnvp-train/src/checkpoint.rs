@@ -39,7 +39,9 @@ const MANIFEST: &str = "state.json";
 
 /// FNV-1a, 64 bits: enough to notice a damaged file.
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The checkpoints directory of a run.
@@ -60,7 +62,11 @@ impl Payload {
     }
 
     /// Adds a record (model, optimiser, averaged weights) under `name`.
-    pub fn add<R: Record<B>, B: Backend>(&mut self, name: &str, record: R) -> Result<(), TrainError> {
+    pub fn add<R: Record<B>, B: Backend>(
+        &mut self,
+        name: &str,
+        record: R,
+    ) -> Result<(), TrainError> {
         let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
             .record(record, ())
             .map_err(|e| TrainError::Checkpoint {
@@ -89,7 +95,11 @@ pub struct Loaded {
 
 impl Loaded {
     /// Decodes the record stored under `name`, if present.
-    pub fn record<R: Record<B>, B: Backend>(&self, name: &str, device: &B::Device) -> Result<Option<R>, TrainError> {
+    pub fn record<R: Record<B>, B: Backend>(
+        &self,
+        name: &str,
+        device: &B::Device,
+    ) -> Result<Option<R>, TrainError> {
         let file = format!("{name}.bin");
         let Some((_, bytes)) = self.files.iter().find(|(n, _)| *n == file) else {
             return Ok(None);
@@ -104,7 +114,12 @@ impl Loaded {
     }
 
     /// Loads the record `name` into `module`.
-    pub fn load_into<B: Backend, M: Module<B>>(&self, name: &str, module: M, device: &B::Device) -> Result<M, TrainError> {
+    pub fn load_into<B: Backend, M: Module<B>>(
+        &self,
+        name: &str,
+        module: M,
+        device: &B::Device,
+    ) -> Result<M, TrainError> {
         match self.record::<M::Record, B>(name, device)? {
             Some(record) => Ok(module.load_record(record)),
             None => Err(TrainError::Checkpoint {
@@ -147,7 +162,12 @@ impl Checkpoints {
 
     /// Writes a checkpoint for `state` atomically, then keeps the newest `keep` and the
     /// best one. Returns its directory.
-    pub fn save(&self, state: &TrainState, payload: Payload, keep: usize) -> Result<PathBuf, TrainError> {
+    pub fn save(
+        &self,
+        state: &TrainState,
+        payload: Payload,
+        keep: usize,
+    ) -> Result<PathBuf, TrainError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
         let name = format!("step-{:010}", state.step);
         let tmp = self.dir.join(format!(".tmp-{name}"));
@@ -194,10 +214,11 @@ impl Checkpoints {
     pub fn read(path: &Path) -> Result<Loaded, TrainError> {
         let manifest_path = path.join(MANIFEST);
         let text = std::fs::read(&manifest_path).map_err(|e| TrainError::io(&manifest_path, e))?;
-        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
-            path: manifest_path.clone(),
-            message: format!("unreadable: {e}"),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| TrainError::Checkpoint {
+                path: manifest_path.clone(),
+                message: format!("unreadable: {e}"),
+            })?;
         let mut files = Vec::new();
         for (file, len, sum) in manifest.files {
             let file_path = path.join(&file);
@@ -205,7 +226,10 @@ impl Checkpoints {
             if bytes.len() as u64 != len || checksum(&bytes) != sum {
                 return Err(TrainError::Checkpoint {
                     path: file_path,
-                    message: format!("damaged: {} bytes, checksum mismatch (expected {len} bytes)", bytes.len()),
+                    message: format!(
+                        "damaged: {} bytes, checksum mismatch (expected {len} bytes)",
+                        bytes.len()
+                    ),
                 });
             }
             files.push((file, bytes));

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 
+/// The configuration used when none is given: `configs/digits.toml`, built in.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/digits.toml");
+
 /// Everything a run needs; written to the run directory as `config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -259,15 +262,30 @@ impl RunConfig {
                 })?;
                 (value, path.display().to_string())
             }
-            None => (toml::Table::new(), "the default configuration".to_string()),
+            None => {
+                let value: toml::Table =
+                    toml::from_str(DEFAULT_CONFIG).map_err(|e| TrainError::Config {
+                        origin: "configs/digits.toml (built in)".into(),
+                        message: e.message().to_string(),
+                    })?;
+                (
+                    value,
+                    "the default configuration (configs/digits.toml)".to_string(),
+                )
+            }
         };
         for item in overrides {
             apply_override(&mut value, item)?;
         }
-        let config: RunConfig = RunConfig::deserialize(toml::Value::Table(value)).map_err(|e| TrainError::Config {
-            origin: if overrides.is_empty() { source } else { format!("{source} with --set overrides") },
-            message: e.message().to_string(),
-        })?;
+        let config: RunConfig =
+            RunConfig::deserialize(toml::Value::Table(value)).map_err(|e| TrainError::Config {
+                origin: if overrides.is_empty() {
+                    source
+                } else {
+                    format!("{source} with --set overrides")
+                },
+                message: e.message().to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -414,13 +432,69 @@ mod tests {
         let config = RunConfig::load(None, &[]).expect("defaults are valid");
         assert_eq!(config.data, DataConfig::Digits { flip: false });
         assert_eq!(config.train.batch_size, 64);
+        assert!(
+            config.train.max_steps.is_some(),
+            "the default run stops by itself"
+        );
+    }
+
+    #[test]
+    fn every_shipped_config_is_valid_and_fits_its_data() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("configs/ exists") {
+            let path = entry.expect("readable").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let config = RunConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+            let shape = match &config.data {
+                DataConfig::Digits { .. } => DataShape::Images(info([1, 8, 8])),
+                DataConfig::Idx { .. } => DataShape::Images(info([1, 28, 28])),
+                DataConfig::Cifar10 { .. } => DataShape::Images(info([3, 32, 32])),
+                DataConfig::ImageFolder { preset, .. } => match preset {
+                    FolderPreset::Resize { size } => {
+                        DataShape::Images(info([3, *size as usize, *size as usize]))
+                    }
+                    _ => DataShape::Images(info([3, 64, 64])),
+                },
+                DataConfig::Toy { .. } => DataShape::Vectors {
+                    name: "toy".into(),
+                    dims: 2,
+                },
+                DataConfig::Csv { .. } => DataShape::Vectors {
+                    name: "csv".into(),
+                    dims: 4,
+                },
+            };
+            config
+                .flow_config(&shape)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+        assert!(seen >= 10, "{seen} configs");
+    }
+
+    fn info(shape: [usize; 3]) -> DatasetInfo {
+        DatasetInfo {
+            name: "test".into(),
+            shape,
+            levels: 256,
+            train: 1,
+            test: 1,
+            classes: None,
+        }
     }
 
     #[test]
     fn overrides_set_nested_keys_with_types() {
         let config = RunConfig::load(
             None,
-            &["train.learning_rate=3e-4".into(), "model.features=16".into(), "train.max_minutes=1.5".into()],
+            &[
+                "train.learning_rate=3e-4".into(),
+                "model.features=16".into(),
+                "train.max_minutes=1.5".into(),
+            ],
         )
         .expect("valid overrides");
         assert_eq!(config.train.learning_rate, 3e-4);
@@ -430,13 +504,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key() {
-        let err = RunConfig::load(None, &["train.learning_rat=1".into()]).expect_err("unknown").to_string();
+        let err = RunConfig::load(None, &["train.learning_rat=1".into()])
+            .expect_err("unknown")
+            .to_string();
         assert!(err.contains("learning_rat"), "{err}");
-        let err = RunConfig::load(None, &["train.batch_size=\"big\"".into()]).expect_err("type").to_string();
-        assert!(err.contains("batch_size") || err.contains("invalid type"), "{err}");
-        let err = RunConfig::load(None, &["train.batch_size=0".into()]).expect_err("zero").to_string();
+        let err = RunConfig::load(None, &["train.batch_size=\"big\"".into()])
+            .expect_err("type")
+            .to_string();
+        assert!(
+            err.contains("batch_size") || err.contains("invalid type"),
+            "{err}"
+        );
+        let err = RunConfig::load(None, &["train.batch_size=0".into()])
+            .expect_err("zero")
+            .to_string();
         assert!(err.contains("train.batch_size"), "{err}");
-        let err = RunConfig::load(None, &["nonsense".into()]).expect_err("no =").to_string();
+        let err = RunConfig::load(None, &["nonsense".into()])
+            .expect_err("no =")
+            .to_string();
         assert!(err.contains("key=value"), "{err}");
     }
 
@@ -451,7 +536,10 @@ mod tests {
             test: 1,
             classes: None,
         };
-        let err = config.flow_config(&DataShape::Images(info)).expect_err("8x8 with 4 scales").to_string();
+        let err = config
+            .flow_config(&DataShape::Images(info))
+            .expect_err("8x8 with 4 scales")
+            .to_string();
         assert!(err.contains("digits") && err.contains("height"), "{err}");
     }
 }

@@ -106,11 +106,15 @@ impl Splits {
                         folder.skipped()[0].display()
                     );
                 }
-                let (test, train): (Vec<usize>, Vec<usize>) = (0..folder.len()).partition(|i| i % 10 == 9);
+                let (test, train): (Vec<usize>, Vec<usize>) =
+                    (0..folder.len()).partition(|i| i % 10 == 9);
                 if test.is_empty() {
                     return Err(realnvp_data::DataError::Dataset {
                         path: path.clone(),
-                        message: format!("{} images: at least 10 are needed to hold out a test split", folder.len()),
+                        message: format!(
+                            "{} images: at least 10 are needed to hold out a test split",
+                            folder.len()
+                        ),
                     }
                     .into());
                 }
@@ -126,15 +130,24 @@ impl Splits {
                     classes: (!folder.classes().is_empty()).then(|| folder.classes().len()),
                 };
                 Splits::Images {
-                    train: ImageSource::Folder { folder: folder.clone(), indices: Arc::new(train) },
-                    test: ImageSource::Folder { folder, indices: Arc::new(test) },
+                    train: ImageSource::Folder {
+                        folder: folder.clone(),
+                        indices: Arc::new(train),
+                    },
+                    test: ImageSource::Folder {
+                        folder,
+                        indices: Arc::new(test),
+                    },
                     info,
                 }
             }
             DataConfig::Toy { toy, train, test } => {
                 let to_array = |points: Vec<[f64; 2]>| VectorArray {
                     dims: 2,
-                    values: points.into_iter().flat_map(|p| p.map(|v| v as f32)).collect(),
+                    values: points
+                        .into_iter()
+                        .flat_map(|p| p.map(|v| v as f32))
+                        .collect(),
                 };
                 Splits::Vectors {
                     train: to_array(toy.sample(*train, seed)),
@@ -159,7 +172,12 @@ impl Splits {
                 let standardizer = Standardizer::fit(&train_table);
                 let to_array = |t: realnvp_data::tabular::Table| VectorArray {
                     dims: t.columns.len(),
-                    values: standardizer.apply(&t).values.into_iter().map(|v| v as f32).collect(),
+                    values: standardizer
+                        .apply(&t)
+                        .values
+                        .into_iter()
+                        .map(|v| v as f32)
+                        .collect(),
                 };
                 Splits::Vectors {
                     train: to_array(train_table),

@@ -50,11 +50,17 @@ pub fn evaluate<B: Backend>(
         Splits::Images { train, test, info } => {
             dims = info.shape.iter().product::<usize>();
             let source: &ImageSource = if split == Split::Train { train } else { test };
-            let source = Limited { inner: source, limit };
+            let source = Limited {
+                inner: source,
+                limit,
+            };
             for batch in eval_batches(&source, batch_size) {
                 let batch = batch?;
                 let n = batch.len();
-                let bpd = model.bits_per_dim(FlowBatch::Images(batch.to_tensor(device)), Dequantization::Uniform);
+                let bpd = model.bits_per_dim(
+                    FlowBatch::Images(batch.to_tensor(device)),
+                    Dequantization::Uniform,
+                );
                 total_bpd += bpd.sum().into_scalar().elem_f64();
                 examples += n;
             }
@@ -62,11 +68,17 @@ pub fn evaluate<B: Backend>(
         Splits::Vectors { train, test, .. } => {
             dims = train.dims;
             let source: &VectorArray = if split == Split::Train { train } else { test };
-            let source = Limited { inner: source, limit };
+            let source = Limited {
+                inner: source,
+                limit,
+            };
             for batch in eval_batches(&source, batch_size) {
                 let batch = batch?;
                 let n = batch.len();
-                let bpd = model.bits_per_dim(FlowBatch::Vectors(batch.to_tensor(device)), Dequantization::Uniform);
+                let bpd = model.bits_per_dim(
+                    FlowBatch::Vectors(batch.to_tensor(device)),
+                    Dequantization::Uniform,
+                );
                 total_bpd += bpd.sum().into_scalar().elem_f64();
                 examples += n;
             }
@@ -90,10 +102,16 @@ impl<S: Fetch> Fetch for Limited<'_, S> {
     type Batch = S::Batch;
 
     fn len(&self) -> usize {
-        self.limit.map_or(self.inner.len(), |l| l.min(self.inner.len()))
+        self.limit
+            .map_or(self.inner.len(), |l| l.min(self.inner.len()))
     }
 
-    fn fetch(&self, indices: &[usize], crops: Option<&[u64]>, flips: &[bool]) -> Result<S::Batch, realnvp_data::DataError> {
+    fn fetch(
+        &self,
+        indices: &[usize],
+        crops: Option<&[u64]>,
+        flips: &[bool],
+    ) -> Result<S::Batch, realnvp_data::DataError> {
         self.inner.fetch(indices, crops, flips)
     }
 }
@@ -123,7 +141,11 @@ pub fn write_samples<B: Backend>(
         Flow::Image(m) => {
             let samples = m.preprocess().quantize(m.sample(n, temperature, device));
             let shape = samples.dims();
-            let pixels = samples.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            let pixels = samples
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
             let columns = (n as f64).sqrt().ceil() as usize;
             write_image_grid(path, &pixels, shape, m.preprocess().levels(), columns)
         }
@@ -131,10 +153,18 @@ pub fn write_samples<B: Backend>(
             if m.dims() != 2 {
                 return Err(TrainError::Config {
                     origin: "sample".into(),
-                    message: format!("a {}-dimensional vector model has no picture; only 2-D models are drawn", m.dims()),
+                    message: format!(
+                        "a {}-dimensional vector model has no picture; only 2-D models are drawn",
+                        m.dims()
+                    ),
                 });
             }
-            let points = m.sample(n, temperature, device).into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            let points = m
+                .sample(n, temperature, device)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
             write_scatter(path, &points, 4.0, 256)
         }
     }

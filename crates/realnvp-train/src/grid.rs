@@ -27,7 +27,8 @@ pub fn write_image_grid(
         let v = pixels[((k * c + ch) * h0 + y / zoom) * w0 + x / zoom];
         (v * scale).round().clamp(0.0, 255.0) as u8
     };
-    let mut grid: ImageBuffer<Rgb<u8>, Vec<u8>> = ImageBuffer::from_pixel(gw as u32, gh as u32, Rgb([40, 40, 40]));
+    let mut grid: ImageBuffer<Rgb<u8>, Vec<u8>> =
+        ImageBuffer::from_pixel(gw as u32, gh as u32, Rgb([40, 40, 40]));
     for k in 0..n {
         let (oy, ox) = ((k / columns) * (h + 1) + 1, (k % columns) * (w + 1) + 1);
         for y in 0..h {
@@ -47,7 +48,12 @@ pub fn write_image_grid(
 
 /// Writes a 2-D histogram of `points` (`[x, y]` pairs) over `[-extent, extent]^2` as a
 /// `size x size` grey PNG (darker: more points).
-pub fn write_scatter(path: &Path, points: &[f32], extent: f32, size: u32) -> Result<(), TrainError> {
+pub fn write_scatter(
+    path: &Path,
+    points: &[f32],
+    extent: f32,
+    size: u32,
+) -> Result<(), TrainError> {
     let mut counts = vec![0u32; (size * size) as usize];
     for p in points.chunks(2) {
         let to_cell = |v: f32| ((v + extent) / (2.0 * extent) * size as f32).floor();

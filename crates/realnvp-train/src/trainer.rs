@@ -87,7 +87,9 @@ pub fn train<B: AutodiffBackend>(
         if !checkpoints.list().is_empty() {
             return Err(TrainError::Checkpoint {
                 path: run_dir.clone(),
-                message: "already holds a run; pass --resume to continue it or choose another --out".into(),
+                message:
+                    "already holds a run; pass --resume to continue it or choose another --out"
+                        .into(),
             });
         }
         None
@@ -114,7 +116,10 @@ pub fn train<B: AutodiffBackend>(
     let mut optimizer = AdamConfig::new()
         .with_beta_1(t.beta1)
         .with_beta_2(t.beta2)
-        .with_grad_clipping(t.grad_clip_norm.map(burn::grad_clipping::GradientClippingConfig::Norm))
+        .with_grad_clipping(
+            t.grad_clip_norm
+                .map(burn::grad_clipping::GradientClippingConfig::Norm),
+        )
         .init::<B, Flow<B>>();
     let mut ema: Option<Flow<B::InnerBackend>> = t.ema_decay.map(|_| model.valid());
     let mut state = TrainState {
@@ -127,16 +132,22 @@ pub fn train<B: AutodiffBackend>(
     let mut last_checkpoint = None;
     if let Some(loaded) = resume_from {
         model = loaded.load_into(MODEL, model, device)?;
-        let record = loaded.record(OPTIMIZER, device)?.ok_or_else(|| TrainError::Checkpoint {
-            path: loaded.path.clone(),
-            message: "no optimizer state".into(),
-        })?;
+        let record = loaded
+            .record(OPTIMIZER, device)?
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: loaded.path.clone(),
+                message: "no optimizer state".into(),
+            })?;
         optimizer = optimizer.load_record(record);
         if let Some(average) = ema.take() {
             ema = Some(loaded.load_into(EMA, average, device)?);
         }
         state = loaded.state.clone();
-        eprintln!("resuming from {} (step {})", loaded.path.display(), state.step);
+        eprintln!(
+            "resuming from {} (step {})",
+            loaded.path.display(),
+            state.step
+        );
         truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
         last_checkpoint = Some(loaded.path);
     }
@@ -165,7 +176,9 @@ pub fn train<B: AutodiffBackend>(
         state.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
         let out_of_steps = t.max_steps.is_some_and(|m| state.step >= m);
         let out_of_epochs = t.max_epochs.is_some_and(|m| state.position.epoch >= m);
-        let out_of_time = t.max_minutes.is_some_and(|m| state.elapsed_seconds >= m * 60.0);
+        let out_of_time = t
+            .max_minutes
+            .is_some_and(|m| state.elapsed_seconds >= m * 60.0);
         if out_of_steps || out_of_epochs || out_of_time {
             break;
         }
@@ -176,6 +189,9 @@ pub fn train<B: AutodiffBackend>(
 
         let (batch, next) = batches.at(state.position, device)?;
         let examples = batch.len();
+        // The forward pass updates batch-norm running averages; keep the values from
+        // before it, so that a skipped step leaves no trace in the model.
+        let before = model.clone().into_record();
         B::seed(device, step_seed(t.seed, state.step));
         let bpd = model.bits_per_dim(batch, Dequantization::Uniform).mean();
         let loss = bpd.clone() + model.scale_penalty().mul_scalar(t.scale_penalty);
@@ -185,9 +201,19 @@ pub fn train<B: AutodiffBackend>(
         state.step += 1;
         state.position = next;
         if !finite {
+            let fresh: Flow<B> = flow_config.init(device).map_err(|e| TrainError::Config {
+                origin: "model".into(),
+                message: e.to_string(),
+            })?;
+            model = fresh.load_record(before);
             bad_in_a_row += 1;
             state.skipped_steps += 1;
-            progress.suspend(|| eprintln!("warning: step {}: non-finite loss or gradient, step skipped", state.step));
+            progress.suspend(|| {
+                eprintln!(
+                    "warning: step {}: non-finite loss or gradient, step skipped",
+                    state.step
+                )
+            });
             if bad_in_a_row >= t.max_bad_steps {
                 progress.finish_and_clear();
                 return Err(TrainError::Diverged {
@@ -218,7 +244,15 @@ pub fn train<B: AutodiffBackend>(
             let train_bpd = window_bpd / window_n.max(1) as f64;
             let test_bpd = if evaluate_now {
                 let eval_model = ema.clone().unwrap_or_else(|| model.valid());
-                let e = evaluate(&eval_model, &splits, Split::Test, t.eval_batch_size, t.eval_examples, t.seed, device)?;
+                let e = evaluate(
+                    &eval_model,
+                    &splits,
+                    Split::Test,
+                    t.eval_batch_size,
+                    t.eval_examples,
+                    t.seed,
+                    device,
+                )?;
                 write_samples(
                     &eval_model,
                     &run_dir.join(format!("samples/step-{}.png", state.step)),
@@ -227,7 +261,9 @@ pub fn train<B: AutodiffBackend>(
                     t.seed,
                     device,
                 )?;
-                if state.best.is_none_or(|(best, _)| e.bits_per_dim < best) {
+                if e.bits_per_dim.is_finite()
+                    && state.best.is_none_or(|(best, _)| e.bits_per_dim < best)
+                {
                     state.best = Some((e.bits_per_dim, state.step));
                 }
                 Some(e.bits_per_dim)
@@ -248,7 +284,9 @@ pub fn train<B: AutodiffBackend>(
             progress.set_position(state.step);
             progress.set_message(format!(
                 "train {train_bpd:.3} bits/dim{} | {last_rate:.1} img/s",
-                test_bpd.map(|b| format!(" | test {b:.3}")).unwrap_or_default()
+                test_bpd
+                    .map(|b| format!(" | test {b:.3}"))
+                    .unwrap_or_default()
             ));
             if progress.is_hidden() && evaluate_now {
                 eprintln!(
@@ -260,7 +298,14 @@ pub fn train<B: AutodiffBackend>(
             (window_bpd, window_n, window_start) = (0.0, 0, Instant::now());
             if evaluate_now {
                 state.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-                last_checkpoint = Some(save_checkpoint(&checkpoints, &state, &model, &optimizer, ema.as_ref(), t.keep_checkpoints)?);
+                last_checkpoint = Some(save_checkpoint(
+                    &checkpoints,
+                    &state,
+                    &model,
+                    &optimizer,
+                    ema.as_ref(),
+                    t.keep_checkpoints,
+                )?);
             }
         }
     }
@@ -270,8 +315,17 @@ pub fn train<B: AutodiffBackend>(
     // The end of the run: evaluate on the whole test split, draw samples, checkpoint and
     // export for inference.
     let eval_model = ema.clone().unwrap_or_else(|| model.valid());
-    let test = evaluate(&eval_model, &splits, Split::Test, t.eval_batch_size, None, t.seed, device)?;
-    if state.best.is_none_or(|(best, _)| test.bits_per_dim < best) {
+    let test = evaluate(
+        &eval_model,
+        &splits,
+        Split::Test,
+        t.eval_batch_size,
+        None,
+        t.seed,
+        device,
+    )?;
+    if test.bits_per_dim.is_finite() && state.best.is_none_or(|(best, _)| test.bits_per_dim < best)
+    {
         state.best = Some((test.bits_per_dim, state.step));
     }
     write_samples(
@@ -298,7 +352,14 @@ pub fn train<B: AutodiffBackend>(
         },
         run_dir,
     )?;
-    save_checkpoint(&checkpoints, &state, &model, &optimizer, ema.as_ref(), t.keep_checkpoints)?;
+    save_checkpoint(
+        &checkpoints,
+        &state,
+        &model,
+        &optimizer,
+        ema.as_ref(),
+        t.keep_checkpoints,
+    )?;
     let export = run_dir.join("export");
     export_model(&eval_model, &flow_config, &export)?;
     Ok(TrainSummary {
@@ -353,7 +414,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     write_atomic(path, kept.as_bytes())
 }
 
-fn write_metrics(file: &mut std::fs::File, line: &MetricsLine, run_dir: &Path) -> Result<(), TrainError> {
+fn write_metrics(
+    file: &mut std::fs::File,
+    line: &MetricsLine,
+    run_dir: &Path,
+) -> Result<(), TrainError> {
     let mut text = serde_json::to_string(line).unwrap_or_default();
     text.push('\n');
     file.write_all(text.as_bytes())
@@ -367,9 +432,11 @@ fn progress_bar(enabled: bool, max_steps: Option<u64>, position: u64) -> Progres
     }
     let bar = match max_steps {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} | {msg} | ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] step {pos}/{len} | {msg} | ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template("{elapsed_precise} step {pos} | {msg}")
@@ -439,7 +506,9 @@ fn update_average<B: Backend>(average: Flow<B>, current: &Flow<B>, decay: f64) -
             })
         }
     }
-    let mut collect = Collect { values: HashMap::new() };
+    let mut collect = Collect {
+        values: HashMap::new(),
+    };
     current.visit(&mut collect);
     average.map(&mut Blend {
         values: collect.values,
@@ -456,12 +525,20 @@ enum Batches {
 impl Batches {
     fn new(splits: &Splits, config: StreamConfig) -> Result<Self, TrainError> {
         Ok(match splits {
-            Splits::Images { train, .. } => Batches::Images(TrainStream::new(train.clone(), config)?),
-            Splits::Vectors { train, .. } => Batches::Vectors(TrainStream::new(train.clone(), config)?),
+            Splits::Images { train, .. } => {
+                Batches::Images(TrainStream::new(train.clone(), config)?)
+            }
+            Splits::Vectors { train, .. } => {
+                Batches::Vectors(TrainStream::new(train.clone(), config)?)
+            }
         })
     }
 
-    fn at<B: Backend>(&self, position: StreamPosition, device: &B::Device) -> Result<(FlowBatch<B>, StreamPosition), TrainError> {
+    fn at<B: Backend>(
+        &self,
+        position: StreamPosition,
+        device: &B::Device,
+    ) -> Result<(FlowBatch<B>, StreamPosition), TrainError> {
         Ok(match self {
             Batches::Images(s) => {
                 let (batch, next) = s.batch_at(position)?;
@@ -491,7 +568,10 @@ pub fn run_config(run_dir: &Path) -> Result<RunConfig, TrainError> {
 
 /// The trained model of the run in `run_dir`, for inference: its `export/` when the run
 /// finished, else the newest intact checkpoint (averaged weights when kept).
-pub fn load_run_model<B: Backend>(run_dir: &Path, device: &B::Device) -> Result<(Flow<B>, FlowConfig), TrainError> {
+pub fn load_run_model<B: Backend>(
+    run_dir: &Path,
+    device: &B::Device,
+) -> Result<(Flow<B>, FlowConfig), TrainError> {
     let export = run_dir.join("export");
     if export.join(realnvp_core::flow::WEIGHTS_FILE).is_file() {
         return Ok(realnvp_core::load_model(&export, device)?);
@@ -505,14 +585,23 @@ pub fn load_run_model<B: Backend>(run_dir: &Path, device: &B::Device) -> Result<
         origin: path.display().to_string(),
         message: e.message().to_string(),
     })?;
-    let loaded = Checkpoints::new(run_dir).latest().ok_or_else(|| TrainError::Checkpoint {
-        path: run_dir.to_path_buf(),
-        message: "no intact checkpoint and no export/".into(),
-    })?;
+    let loaded = Checkpoints::new(run_dir)
+        .latest()
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: run_dir.to_path_buf(),
+            message: "no intact checkpoint and no export/".into(),
+        })?;
     let model = config.init::<B>(device).map_err(|e| TrainError::Config {
         origin: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let name = if loaded.record::<<Flow<B> as Module<B>>::Record, B>(EMA, device)?.is_some() { EMA } else { MODEL };
+    let name = if loaded
+        .record::<<Flow<B> as Module<B>>::Record, B>(EMA, device)?
+        .is_some()
+    {
+        EMA
+    } else {
+        MODEL
+    };
     Ok((loaded.load_into(name, model, device)?, config))
 }
