@@ -1,8 +1,13 @@
 //! Project automation for realnvp-rs: `cargo xtask <job>`.
+//!
+//! `cargo xtask train-<data set>` builds the `realnvp` CLI with the chosen backend and
+//! trains with the paper's configuration from `configs/`; without the data it says what to
+//! download and where to put it.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Jobs that build, check and run the project with the right cargo features.
 #[derive(Parser, Debug)]
@@ -17,11 +22,116 @@ enum Job {
     /// Type-check the CLI with every backend feature (ndarray, wgpu, cuda); none of them
     /// needs a GPU or a download to compile.
     CheckBackends,
+    /// Train on CelebA (configs/celeba.toml).
+    TrainCeleba(TrainArgs),
+    /// Train on CIFAR-10 (configs/cifar10.toml).
+    TrainCifar10(TrainArgs),
+    /// Train on downsampled ImageNet 32x32 (configs/imagenet32.toml).
+    TrainImagenet32(TrainArgs),
+    /// Train on downsampled ImageNet 64x64 (configs/imagenet64.toml).
+    TrainImagenet64(TrainArgs),
+    /// Train on LSUN bedroom (configs/lsun-bedroom.toml).
+    TrainLsunBedroom(TrainArgs),
+    /// Train on MNIST (configs/mnist.toml).
+    TrainMnist(TrainArgs),
+    /// Train on Fashion-MNIST (configs/fashion-mnist.toml).
+    TrainFashionMnist(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// The data directory [default: the config's `data.path`].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The backend to build the CLI with.
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    backend: Backend,
+    /// Further arguments for `realnvp train` (after `--`), e.g. `-- --minutes 60`.
+    #[arg(last = true)]
+    extra: Vec<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Backend {
+    Flex,
+    Ndarray,
+    Wgpu,
+    Cuda,
+}
+
+impl Backend {
+    fn feature(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+/// A paper data set: its config, default location, the file that proves it is there, and
+/// how to get it.
+struct Dataset {
+    config: &'static str,
+    default_dir: &'static str,
+    marker: &'static str,
+    how_to_get: &'static str,
+}
+
+fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
+    Some(match job {
+        Job::CheckBackends => return None,
+        Job::TrainCeleba(a) => (a, Dataset {
+            config: "configs/celeba.toml",
+            default_dir: "data/celeba/img_align_celeba",
+            marker: "000001.jpg",
+            how_to_get: "Download img_align_celeba.zip (Align&Cropped Images) from the CelebA page,\n  https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, and unzip it so that\n  <dir>/000001.jpg ... <dir>/202599.jpg exist.",
+        }),
+        Job::TrainCifar10(a) => (a, Dataset {
+            config: "configs/cifar10.toml",
+            default_dir: "data/cifar-10-batches-bin",
+            marker: "data_batch_1.bin",
+            how_to_get: "Download the binary version, https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz,\n  and extract it so that <dir>/data_batch_1.bin ... <dir>/test_batch.bin exist.",
+        }),
+        Job::TrainImagenet32(a) => (a, Dataset {
+            config: "configs/imagenet32.toml",
+            default_dir: "data/imagenet32",
+            marker: "",
+            how_to_get: "Download downsampled ImageNet 32x32 (https://image-net.org/download-images.php,\n  'Downsampled ImageNet 32x32') and export the images as PNG files under <dir>\n  (any nesting).",
+        }),
+        Job::TrainImagenet64(a) => (a, Dataset {
+            config: "configs/imagenet64.toml",
+            default_dir: "data/imagenet64",
+            marker: "",
+            how_to_get: "Download downsampled ImageNet 64x64 (https://image-net.org/download-images.php,\n  'Downsampled ImageNet 64x64') and export the images as PNG files under <dir>\n  (any nesting).",
+        }),
+        Job::TrainLsunBedroom(a) => (a, Dataset {
+            config: "configs/lsun-bedroom.toml",
+            default_dir: "data/lsun/bedroom",
+            marker: "",
+            how_to_get: "Download bedroom_train_lmdb from https://github.com/fyu/lsun (download.py -c bedroom)\n  and export its images as JPEG files under <dir> (the repository's data.py export).",
+        }),
+        Job::TrainMnist(a) => (a, Dataset {
+            config: "configs/mnist.toml",
+            default_dir: "data/mnist",
+            marker: "train-images-idx3-ubyte.gz",
+            how_to_get: "Download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror, e.g.\n  https://ossci-datasets.s3.amazonaws.com/mnist/, into <dir>.",
+        }),
+        Job::TrainFashionMnist(a) => (a, Dataset {
+            config: "configs/fashion-mnist.toml",
+            default_dir: "/usr/share/datasets/fashion-mnist",
+            marker: "train-images-idx3-ubyte.gz",
+            how_to_get: "On Debian or Ubuntu: sudo apt-get install dataset-fashion-mnist\n  (or put the four IDX files from https://github.com/zalandoresearch/fashion-mnist in <dir>).",
+        }),
+    })
 }
 
 fn main() -> ExitCode {
-    let result = match Xtask::parse().job {
-        Job::CheckBackends => check_backends(),
+    let job = Xtask::parse().job;
+    let result = match dataset(&job) {
+        None => check_backends(),
+        Some((args, data)) => train(args, &data),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +139,61 @@ fn main() -> ExitCode {
             eprintln!("xtask: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
+    let dir = args
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(data.default_dir));
+    let present = if data.marker.is_empty() {
+        std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some())
+    } else {
+        dir.join(data.marker).is_file()
+    };
+    if !present {
+        let what = if data.marker.is_empty() {
+            "images".to_string()
+        } else {
+            format!("`{}`", data.marker)
+        };
+        return Err(format!(
+            "no data: {} has no {what}.\n  {}\n  Then run this command again{}.",
+            dir.display(),
+            data.how_to_get.replace("<dir>", &dir.display().to_string()),
+            if args.data.is_none() {
+                format!(" (or pass --data DIR instead of {})", data.default_dir)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let feature = args.backend.feature();
+    eprintln!("xtask: building realnvp with --features {feature}");
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "realnvp-cli",
+        "--no-default-features",
+        "--features",
+        feature,
+    ])?;
+    let binary = Path::new("target/release/realnvp");
+    let mut command = Command::new(binary);
+    command
+        .args(["train", "--config", data.config, "--set"])
+        .arg(format!("data.path=\"{}\"", dir.display()))
+        .args(&args.extra);
+    eprintln!("xtask: {command:?}");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("realnvp train failed ({status})"))
     }
 }
 

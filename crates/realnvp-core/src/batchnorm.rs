@@ -13,6 +13,7 @@ use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::bijector::Bijector;
+use crate::channels::{add_channels, mul_channels, sum_channels};
 
 /// Flow-path batch normalization with running averages; see the module docs.
 #[derive(Module, Debug)]
@@ -53,14 +54,11 @@ impl<B: Backend> FlowBatchNorm<B> {
                 self.running_var.value().to_device(&device),
             );
         }
-        let channels = x.dims()[1];
-        let per_channel = x.clone().swap_dims(0, 1).reshape([channels as i32, -1]);
-        let batch_mean = per_channel.clone().mean_dim(1);
-        let batch_var = (per_channel - batch_mean.clone())
-            .powi_scalar(2)
-            .mean_dim(1)
-            .reshape([channels]);
-        let batch_mean = batch_mean.reshape([channels]);
+        let dims = x.dims();
+        let count = (dims.iter().product::<usize>() / dims[1]) as f64;
+        let batch_mean = sum_channels(x.clone()).div_scalar(count);
+        let centred = add_channels(x.clone(), batch_mean.clone().neg());
+        let batch_var = sum_channels(centred.powi_scalar(2)).div_scalar(count);
         let blend = |running: Tensor<B, 1>, batch: Tensor<B, 1>| {
             running.to_device(&device).mul_scalar(1.0 - self.momentum)
                 + batch.mul_scalar(self.momentum)
@@ -71,12 +69,6 @@ impl<B: Backend> FlowBatchNorm<B> {
         self.running_var.update(var.clone().detach());
         (mean, var)
     }
-
-    fn broadcast<const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D> {
-        let mut shape = [1; D];
-        shape[1] = v.dims()[0];
-        v.reshape(shape)
-    }
 }
 
 impl<B: Backend, const D: usize> Bijector<B, D> for FlowBatchNorm<B> {
@@ -86,8 +78,10 @@ impl<B: Backend, const D: usize> Bijector<B, D> for FlowBatchNorm<B> {
         let (mean, var) = self.statistics(&x);
         let log_std = var.add_scalar(self.epsilon).log().mul_scalar(0.5);
         let log_scale = self.log_gamma.val() - log_std;
-        let y = (x - Self::broadcast(mean)) * Self::broadcast(log_scale.clone().exp())
-            + Self::broadcast(self.beta.val());
+        let y = add_channels(
+            mul_channels(add_channels(x, mean.neg()), log_scale.clone().exp()),
+            self.beta.val(),
+        );
         let log_det = log_scale.sum().mul_scalar(positions as f64);
         (y, log_det.expand([dims[0]]))
     }
@@ -98,8 +92,13 @@ impl<B: Backend, const D: usize> Bijector<B, D> for FlowBatchNorm<B> {
         let var = self.running_var.value_sync().to_device(&device);
         let log_std = var.add_scalar(self.epsilon).log().mul_scalar(0.5);
         let log_scale = self.log_gamma.val() - log_std;
-        (y - Self::broadcast(self.beta.val())) * Self::broadcast(log_scale.neg().exp())
-            + Self::broadcast(mean)
+        add_channels(
+            mul_channels(
+                add_channels(y, self.beta.val().neg()),
+                log_scale.neg().exp(),
+            ),
+            mean,
+        )
     }
 }
 

@@ -4,6 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::bijector::{sum_per_example, Bijector};
+use crate::channels::mul_channels;
 use crate::mask::Mask;
 
 /// A network that computes a coupling layer's raw scale and shift from its conditioning
@@ -57,9 +58,7 @@ impl<B: Backend, N> AffineCoupling<B, N> {
         N: CouplingNet<B, D>,
     {
         let (raw_scale, shift) = self.net.forward(self.mask.network_input(conditioning));
-        let mut shape = [1; D];
-        shape[1] = raw_scale.dims()[1];
-        let s = raw_scale.tanh() * self.scale.val().reshape(shape);
+        let s = mul_channels(raw_scale.tanh(), self.scale.val());
         (
             self.mask.restrict_to_changed(s),
             self.mask.restrict_to_changed(shift),

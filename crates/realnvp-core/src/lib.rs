@@ -29,6 +29,8 @@
 
 pub mod batchnorm;
 pub mod bijector;
+pub mod channel_norm;
+pub mod channels;
 pub mod coupling;
 pub mod error;
 pub mod flow;

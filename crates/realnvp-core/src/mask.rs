@@ -3,6 +3,8 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::channels::mul_positions;
+
 /// Which entries a coupling layer leaves unchanged (the mask `b = 1`) and conditions on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mask {
@@ -65,7 +67,7 @@ impl Mask {
         match *self {
             Mask::Checkerboard { parity } => {
                 let b = self.checkerboard_like(parity, &x);
-                (x.clone() * b, x)
+                (mul_positions(x.clone(), b), x)
             }
             Mask::Channel { parity } => {
                 let channels = x.dims()[1];
@@ -135,7 +137,7 @@ impl Mask {
         match *self {
             Mask::Checkerboard { parity } => {
                 let keep = self.checkerboard_like(1 - parity, &st);
-                st * keep
+                mul_positions(st, keep)
             }
             Mask::Channel { .. } => st,
         }

@@ -3,18 +3,19 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
 
+use crate::channel_norm::ChannelNorm;
 use crate::coupling::CouplingNet;
 use crate::weight_norm::WeightNormConv2d;
 
 /// A pre-activation residual block: `x + conv(relu(bn(conv(relu(bn(x))))))`.
 #[derive(Module, Debug)]
 pub struct ResidualBlock<B: Backend> {
-    norm1: BatchNorm<B>,
+    norm1: ChannelNorm<B>,
     conv1: WeightNormConv2d<B>,
-    norm2: BatchNorm<B>,
+    norm2: ChannelNorm<B>,
     conv2: WeightNormConv2d<B>,
 }
 
@@ -22,9 +23,9 @@ impl<B: Backend> ResidualBlock<B> {
     /// A block on `features` feature maps.
     pub fn new(features: usize, device: &B::Device) -> Self {
         Self {
-            norm1: BatchNormConfig::new(features).init(device),
+            norm1: ChannelNorm::new(features, device),
             conv1: WeightNormConv2d::new(features, features, 3, device),
-            norm2: BatchNormConfig::new(features).init(device),
+            norm2: ChannelNorm::new(features, device),
             conv2: WeightNormConv2d::new(features, features, 3, device),
         }
     }
@@ -46,7 +47,7 @@ impl<B: Backend> ResidualBlock<B> {
 pub struct ResNet<B: Backend> {
     input: WeightNormConv2d<B>,
     blocks: Vec<ResidualBlock<B>>,
-    norm: BatchNorm<B>,
+    norm: ChannelNorm<B>,
     output: Conv2d<B>,
 }
 
@@ -69,7 +70,7 @@ impl<B: Backend> ResNet<B> {
             blocks: (0..blocks)
                 .map(|_| ResidualBlock::new(features, device))
                 .collect(),
-            norm: BatchNormConfig::new(features).init(device),
+            norm: ChannelNorm::new(features, device),
             output,
         }
     }
