@@ -74,6 +74,7 @@ fn untrained_model_evaluates_samples_and_scores() {
         "metrics.jsonl",
         "export/model.safetensors",
         "samples/step-0.png",
+        "learning-curves.png",
     ] {
         assert!(run.join(file).is_file(), "missing {file}");
     }
@@ -399,4 +400,49 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_its_checkpoint_intact() 
         "the last checkpoint loads: {}",
         stderr(&eval)
     );
+}
+
+/// Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and the export, and exits
+/// cleanly; the run can be resumed.
+#[test]
+fn interrupt_saves_a_checkpoint_before_exiting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let mut args = vec![
+        "train".to_string(),
+        "--out".into(),
+        run.display().to_string(),
+    ];
+    args.extend(SMALL.iter().map(|s| s.to_string()));
+    args.extend(["--steps", "100000", "--set", "train.eval_every=2"].map(String::from));
+    let child = Command::new(env!("CARGO_BIN_EXE_realnvp"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while checkpoints(&run).is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint after 5 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("exits");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("interrupted: saving a checkpoint"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted after"));
+    let last_step = *metrics_steps(&run).last().expect("metrics");
+    let newest = checkpoints(&run).last().cloned().expect("checkpoint");
+    assert!(
+        newest.ends_with(format!("step-{last_step:010}")),
+        "{newest:?} vs step {last_step}"
+    );
+    assert!(run.join("export/model.safetensors").is_file());
+    let resumed = train(&run, &["--resume", "--steps", &(last_step + 1).to_string()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
 }

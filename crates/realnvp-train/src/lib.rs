@@ -8,7 +8,7 @@
 //! and an inference export loadable by `realnvp-core` alone.
 //!
 //! A run directory holds `config.toml` (the resolved configuration), `model.toml`,
-//! `metrics.jsonl`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
+//! `metrics.jsonl`, `learning-curves.png`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
 
 pub mod checkpoint;
 pub mod config;
@@ -16,6 +16,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod grid;
+pub mod plot;
 pub mod trainer;
 
 pub use config::RunConfig;

@@ -22,6 +22,7 @@ use crate::config::RunConfig;
 use crate::data::Splits;
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
+use crate::plot::write_learning_curves;
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -164,6 +165,7 @@ pub fn train<B: AutodiffBackend>(
         .open(run_dir.join("metrics.jsonl"))
         .map_err(|e| TrainError::io(&run_dir.join("metrics.jsonl"), e))?;
 
+    let (mut train_curve, mut test_curve) = read_curves(&run_dir.join("metrics.jsonl"));
     let progress = progress_bar(options.progress, t.max_steps, state.step);
     let started = Instant::now();
     let elapsed_before = state.elapsed_seconds;
@@ -281,6 +283,11 @@ pub fn train<B: AutodiffBackend>(
                 skipped_steps: state.skipped_steps,
             };
             write_metrics(&mut metrics, &line, run_dir)?;
+            train_curve.push((state.step, train_bpd));
+            if let Some(b) = test_bpd {
+                test_curve.push((state.step, b));
+                write_learning_curves(&run_dir.join(CURVES), &train_curve, &test_curve)?;
+            }
             progress.set_position(state.step);
             progress.set_message(format!(
                 "train {train_bpd:.3} bits/dim{} | {last_rate:.1} img/s",
@@ -375,6 +382,27 @@ pub fn train<B: AutodiffBackend>(
 }
 
 const MODEL: &str = "model";
+const CURVES: &str = "learning-curves.png";
+
+/// `(step, bits/dim)` points of the training and held-out curves already logged.
+fn read_curves(path: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(step) = v["step"].as_u64() else {
+            continue;
+        };
+        if let Some(b) = v["train_bpd"].as_f64() {
+            train.push((step, b));
+        }
+        if let Some(b) = v["test_bpd"].as_f64() {
+            test.push((step, b));
+        }
+    }
+    (train, test)
+}
 const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
 
