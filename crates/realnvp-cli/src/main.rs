@@ -261,7 +261,7 @@ fn sample_command(
     seed: u64,
     out: &Path,
 ) -> Result<(), String> {
-    if !(temperature >= 0.0) || n == 0 {
+    if temperature.is_nan() || temperature < 0.0 || n == 0 {
         return Err(format!(
             "--n must be positive and --temperature >= 0 (got {n}, {temperature})"
         ));

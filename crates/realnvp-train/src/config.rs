@@ -309,10 +309,10 @@ impl RunConfig {
         if t.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
             return Err(bad("ema_decay", "a number in [0, 1)"));
         }
-        if !(t.sample_temperature >= 0.0) {
+        if t.sample_temperature.is_nan() || t.sample_temperature < 0.0 {
             return Err(bad("sample_temperature", "a number >= 0"));
         }
-        if t.max_minutes.is_some_and(|m| !(m >= 0.0)) {
+        if t.max_minutes.is_some_and(|m| m.is_nan() || m < 0.0) {
             return Err(bad("max_minutes", "a number >= 0"));
         }
         if t.eval_batch_size == 0 {

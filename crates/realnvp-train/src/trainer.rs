@@ -359,6 +359,8 @@ pub fn train<B: AutodiffBackend>(
         },
         run_dir,
     )?;
+    test_curve.push((state.step, test.bits_per_dim));
+    write_learning_curves(&run_dir.join(CURVES), &train_curve, &test_curve)?;
     save_checkpoint(
         &checkpoints,
         &state,
@@ -384,8 +386,11 @@ pub fn train<B: AutodiffBackend>(
 const MODEL: &str = "model";
 const CURVES: &str = "learning-curves.png";
 
-/// `(step, bits/dim)` points of the training and held-out curves already logged.
-fn read_curves(path: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+/// `(step, bits/dim)` points of one curve.
+type Curve = Vec<(u64, f64)>;
+
+/// The training and held-out curves already logged.
+fn read_curves(path: &Path) -> (Curve, Curve) {
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
