@@ -142,6 +142,40 @@ fn untrained_model_evaluates_samples_and_scores() {
     }
 }
 
+/// Starts a long small training run in the background, checkpointing every `every` steps;
+/// its output is captured when `capture`, else discarded.
+fn start_long_run(run: &Path, every: &str, capture: bool) -> std::process::Child {
+    let eval_every = format!("train.eval_every={every}");
+    let mut args = vec!["train", "--out", run.to_str().expect("utf-8 path")];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(&["--steps", "100000", "--set", &eval_every]);
+    let output = || {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    Command::new(env!("CARGO_BIN_EXE_realnvp"))
+        .args(&args)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .expect("starts")
+}
+
+/// Waits (at most 5 minutes) until the run holds `n` checkpoints.
+fn wait_for_checkpoints(run: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while checkpoints(run).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} checkpoints after 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn image_size(path: &Path) -> (u32, u32) {
     image::image_dimensions(path).expect("a PNG")
 }
@@ -217,24 +251,8 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
 fn killed_run_resumes_and_continues_its_metrics() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    let mut args = vec![
-        "train".to_string(),
-        "--out".into(),
-        run.display().to_string(),
-    ];
-    args.extend(SMALL.iter().map(|s| s.to_string()));
-    args.extend(["--steps", "100000", "--set", "train.eval_every=3"].map(String::from));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_realnvp"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while checkpoints(&run).len() < 2 {
-        assert!(Instant::now() < deadline, "no checkpoints after 5 minutes");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut child = start_long_run(&run, "3", false);
+    wait_for_checkpoints(&run, 2);
     std::thread::sleep(Duration::from_millis(700));
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
@@ -408,24 +426,8 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_its_checkpoint_intact() 
 fn interrupt_saves_a_checkpoint_before_exiting() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    let mut args = vec![
-        "train".to_string(),
-        "--out".into(),
-        run.display().to_string(),
-    ];
-    args.extend(SMALL.iter().map(|s| s.to_string()));
-    args.extend(["--steps", "100000", "--set", "train.eval_every=2"].map(String::from));
-    let child = Command::new(env!("CARGO_BIN_EXE_realnvp"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while checkpoints(&run).is_empty() {
-        assert!(Instant::now() < deadline, "no checkpoint after 5 minutes");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let child = start_long_run(&run, "2", true);
+    wait_for_checkpoints(&run, 1);
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -5,6 +5,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use realnvp_core::{Dequantization, Flow, FlowBatch};
 use realnvp_data::loader::{eval_batches, Fetch, ImageSource, VectorArray};
+use realnvp_data::ImageArray;
 
 use crate::data::Splits;
 use crate::error::TrainError;
@@ -43,53 +44,54 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
 ) -> Result<Evaluation, TrainError> {
     B::seed(device, seed);
-    let mut total_bpd = 0.0;
-    let mut examples = 0usize;
-    let dims;
-    match splits {
+    let train_split = split == Split::Train;
+    let (dims, (total_bpd, examples)) = match splits {
         Splits::Images { train, test, info } => {
-            dims = info.shape.iter().product::<usize>();
-            let source: &ImageSource = if split == Split::Train { train } else { test };
-            let source = Limited {
-                inner: source,
-                limit,
-            };
-            for batch in eval_batches(&source, batch_size) {
-                let batch = batch?;
-                let n = batch.len();
-                let bpd = model.bits_per_dim(
-                    FlowBatch::Images(batch.to_tensor(device)),
-                    Dequantization::Uniform,
-                );
-                total_bpd += bpd.sum().into_scalar().elem_f64();
-                examples += n;
-            }
+            let source: &ImageSource = if train_split { train } else { test };
+            let sums = sum_bits_per_dim(model, source, limit, batch_size, |b: ImageArray| {
+                FlowBatch::Images(b.to_tensor(device))
+            })?;
+            (info.shape.iter().product::<usize>(), sums)
         }
         Splits::Vectors { train, test, .. } => {
-            dims = train.dims;
-            let source: &VectorArray = if split == Split::Train { train } else { test };
-            let source = Limited {
-                inner: source,
-                limit,
-            };
-            for batch in eval_batches(&source, batch_size) {
-                let batch = batch?;
-                let n = batch.len();
-                let bpd = model.bits_per_dim(
-                    FlowBatch::Vectors(batch.to_tensor(device)),
-                    Dequantization::Uniform,
-                );
-                total_bpd += bpd.sum().into_scalar().elem_f64();
-                examples += n;
-            }
+            let source: &VectorArray = if train_split { train } else { test };
+            let sums = sum_bits_per_dim(model, source, limit, batch_size, |b: VectorArray| {
+                FlowBatch::Vectors(b.to_tensor(device))
+            })?;
+            (train.dims, sums)
         }
-    }
+    };
     let bits_per_dim = total_bpd / examples.max(1) as f64;
     Ok(Evaluation {
         bits_per_dim,
         nll_nats: bits_per_dim * dims as f64 * std::f64::consts::LN_2,
         examples,
     })
+}
+
+/// Sum of the bits/dim of the first `limit` examples of `source`, and their number.
+fn sum_bits_per_dim<B: Backend, S: Fetch>(
+    model: &Flow<B>,
+    source: &S,
+    limit: Option<usize>,
+    batch_size: usize,
+    to_batch: impl Fn(S::Batch) -> FlowBatch<B>,
+) -> Result<(f64, usize), TrainError> {
+    let source = Limited {
+        inner: source,
+        limit,
+    };
+    let (mut total, mut examples) = (0.0, 0);
+    for batch in eval_batches(&source, batch_size) {
+        let batch = to_batch(batch?);
+        examples += batch.len();
+        total += model
+            .bits_per_dim(batch, Dequantization::Uniform)
+            .sum()
+            .into_scalar()
+            .elem_f64();
+    }
+    Ok((total, examples))
 }
 
 /// The first `limit` examples of a split.

@@ -246,28 +246,15 @@ pub fn train<B: AutodiffBackend>(
             let train_bpd = window_bpd / window_n.max(1) as f64;
             let test_bpd = if evaluate_now {
                 let eval_model = ema.clone().unwrap_or_else(|| model.valid());
-                let e = evaluate(
+                let e = evaluate_and_draw(
                     &eval_model,
                     &splits,
-                    Split::Test,
-                    t.eval_batch_size,
                     t.eval_examples,
-                    t.seed,
+                    &mut state,
+                    run_dir,
+                    t,
                     device,
                 )?;
-                write_samples(
-                    &eval_model,
-                    &run_dir.join(format!("samples/step-{}.png", state.step)),
-                    t.samples,
-                    t.sample_temperature,
-                    t.seed,
-                    device,
-                )?;
-                if e.bits_per_dim.is_finite()
-                    && state.best.is_none_or(|(best, _)| e.bits_per_dim < best)
-                {
-                    state.best = Some((e.bits_per_dim, state.step));
-                }
                 Some(e.bits_per_dim)
             } else {
                 None
@@ -322,27 +309,7 @@ pub fn train<B: AutodiffBackend>(
     // The end of the run: evaluate on the whole test split, draw samples, checkpoint and
     // export for inference.
     let eval_model = ema.clone().unwrap_or_else(|| model.valid());
-    let test = evaluate(
-        &eval_model,
-        &splits,
-        Split::Test,
-        t.eval_batch_size,
-        None,
-        t.seed,
-        device,
-    )?;
-    if test.bits_per_dim.is_finite() && state.best.is_none_or(|(best, _)| test.bits_per_dim < best)
-    {
-        state.best = Some((test.bits_per_dim, state.step));
-    }
-    write_samples(
-        &eval_model,
-        &run_dir.join(format!("samples/step-{}.png", state.step)),
-        t.samples,
-        t.sample_temperature,
-        t.seed,
-        device,
-    )?;
+    let test = evaluate_and_draw(&eval_model, &splits, None, &mut state, run_dir, t, device)?;
     let seconds_here = started.elapsed().as_secs_f64();
     let rate = (state.step - start_step) as f64 * t.batch_size as f64 / seconds_here.max(1e-9);
     write_metrics(
@@ -410,6 +377,41 @@ fn read_curves(path: &Path) -> (Curve, Curve) {
 }
 const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
+
+/// Evaluates on (the first `limit` examples of) the test split, draws the step's sample
+/// grid and records the best held-out bits/dim.
+fn evaluate_and_draw<B: Backend>(
+    model: &Flow<B>,
+    splits: &Splits,
+    limit: Option<usize>,
+    state: &mut TrainState,
+    run_dir: &Path,
+    t: &crate::config::TrainSettings,
+    device: &B::Device,
+) -> Result<Evaluation, TrainError> {
+    let e = evaluate(
+        model,
+        splits,
+        Split::Test,
+        t.eval_batch_size,
+        limit,
+        t.seed,
+        device,
+    )?;
+    let samples = run_dir.join(format!("samples/step-{}.png", state.step));
+    write_samples(
+        model,
+        &samples,
+        t.samples,
+        t.sample_temperature,
+        t.seed,
+        device,
+    )?;
+    if e.bits_per_dim.is_finite() && state.best.is_none_or(|(best, _)| e.bits_per_dim < best) {
+        state.best = Some((e.bits_per_dim, state.step));
+    }
+    Ok(e)
+}
 
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Flow<B>, B>>(
     checkpoints: &Checkpoints,
