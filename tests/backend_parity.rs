@@ -25,6 +25,8 @@ fn config() -> RealNvpConfig {
         batch_norm: true,
         batch_norm_momentum: 0.1,
         preprocess: PreprocessConfig::default(),
+        // A class-conditional prior, so the per-class Gaussian and logsumexp are compared too.
+        classes: 3,
     }
 }
 

@@ -15,7 +15,12 @@ use realnvp_train::{
 };
 
 mod backend;
+mod inputs;
+mod latent;
 mod score;
+
+use inputs::InputArgs;
+use realnvp_core::latent_space::Fill;
 
 /// Real NVP normalizing flows (Dinh et al.) on Burn: exact likelihood, exact sampling and
 /// exact inversion.
@@ -52,6 +57,104 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         n: usize,
         /// Standard deviation of the prior (0 < T <= 1 sharpens samples).
+        #[arg(long, default_value_t = 1.0, conflicts_with = "temperatures")]
+        temperature: f64,
+        /// A grid instead: one row per temperature, the same noise in every row, e.g.
+        /// `0,0.5,0.7,1` (image models).
+        #[arg(long, value_delimiter = ',')]
+        temperatures: Vec<f64>,
+        /// Draw from this class's prior (class-conditional models); without it a
+        /// conditional model's samples cycle through the classes.
+        #[arg(long)]
+        class: Option<usize>,
+        /// Seed of the draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode images exactly into the latents of every scale (a safetensors file);
+    /// pixels are dequantised to the centres of their bins, so `decode` gives them back.
+    Encode {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// Output file (safetensors: `scale0` ... one tensor per scale, finest first).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decode a latents file from `encode` (or edited latents) into one PNG per example.
+    Decode {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// The latents file.
+        #[arg(long)]
+        latents: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The paper's manifold (eq. 14) through the latents of four images, as a PNG grid
+    /// with the images at its corners.
+    Manifold {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Four images (top left, top right, bottom left, bottom right).
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// Values of phi (rows).
+        #[arg(long, default_value_t = 8)]
+        rows: usize,
+        /// Values of phi' (columns).
+        #[arg(long, default_value_t = 8)]
+        cols: usize,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Conceptual compression (paper appendix D): keep the coarsest latents, resample the
+    /// rest, decode; one row per image, one column per kept fraction.
+    Compress {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// Fractions of the latent dimensions to keep (the nearest whole channels are
+        /// kept; the fractions kept are printed).
+        #[arg(long, value_delimiter = ',', default_value = "1,0.5,0.25,0.125,0.0625")]
+        fractions: Vec<f64>,
+        /// Set the dropped latents to zero instead of drawing them from the prior.
+        #[arg(long)]
+        zero: bool,
+        /// Standard deviation of the redrawn latents.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Seed of the redrawn latents.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Samples larger than the training images from the fully convolutional model (paper
+    /// appendix C).
+    Extrapolate {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Side length as a multiple of the training size.
+        #[arg(long, default_value_t = 2)]
+        factor: usize,
+        /// Number of samples.
+        #[arg(long, default_value_t = 4)]
+        n: usize,
+        /// Standard deviation of the prior.
         #[arg(long, default_value_t = 1.0)]
         temperature: f64,
         /// Seed of the draw.
@@ -67,15 +170,39 @@ enum Command {
         /// The run directory.
         #[arg(long)]
         run: PathBuf,
-        /// An image, a folder of images, or a CSV file.
+        /// An image, a folder of images, a CSV file, or `data:test` / `data:train` for a
+        /// split of the run's own data set.
         #[arg(long)]
         input: PathBuf,
+        /// A second input of the same kinds to compare with (out-of-distribution checks):
+        /// prints both distributions and the AUROC instead of per-input lines.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// With --compare: write overlaid bits/dim histograms to this PNG.
+        #[arg(long, requires = "compare")]
+        plot: Option<PathBuf>,
         /// One JSON object per line.
         #[arg(long, conflicts_with = "csv")]
         json: bool,
         /// CSV with a header.
         #[arg(long)]
         csv: bool,
+    },
+    /// Classify the images of a split with a class-conditional model by Bayes' rule
+    /// (`argmax_k log p(x | k)`, equal class priors) and print the accuracy.
+    Classify {
+        /// The run directory (trained with `model.conditional = true`).
+        #[arg(long)]
+        run: PathBuf,
+        /// Which split.
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Classify only the first N examples.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object (accuracy, examples, confusion matrix) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Build a model from a configuration and print its latent shapes and parameter count.
     Describe {
@@ -117,6 +244,15 @@ enum SplitArg {
     Train,
 }
 
+impl From<SplitArg> for Split {
+    fn from(split: SplitArg) -> Self {
+        match split {
+            SplitArg::Test => Split::Test,
+            SplitArg::Train => Split::Train,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -139,15 +275,76 @@ fn run(cli: Cli) -> Result<(), String> {
             run,
             n,
             temperature,
+            temperatures,
+            class,
             seed,
             out,
-        } => sample_command(&run, n, temperature, seed, &out),
+        } => {
+            if temperatures.is_empty() && class.is_none() {
+                sample_command(&run, n, temperature, seed, &out)
+            } else {
+                let temperatures = if temperatures.is_empty() {
+                    vec![temperature]
+                } else {
+                    temperatures
+                };
+                latent::sample_grid_command(&run, n, &temperatures, class, seed, &out)
+            }
+        }
+        Command::Encode { run, inputs, out } => latent::encode_command(&run, &inputs, &out),
+        Command::Decode { run, latents, out } => latent::decode_command(&run, &latents, &out),
+        Command::Manifold {
+            run,
+            inputs,
+            rows,
+            cols,
+            out,
+        } => latent::manifold_command(&run, &inputs, rows, cols, &out),
+        Command::Compress {
+            run,
+            inputs,
+            fractions,
+            zero,
+            temperature,
+            seed,
+            out,
+        } => {
+            let fill = if zero {
+                Fill::Zero
+            } else {
+                Fill::Prior { temperature }
+            };
+            latent::compress_command(&run, &inputs, &fractions, fill, seed, &out)
+        }
+        Command::Extrapolate {
+            run,
+            factor,
+            n,
+            temperature,
+            seed,
+            out,
+        } => latent::extrapolate_command(&run, factor, n, temperature, seed, &out),
         Command::Score {
             run,
             input,
+            compare,
+            plot,
             json,
             csv,
-        } => score::score_command(&run, &input, json, csv),
+        } => score::score_command(score::ScoreArgs {
+            run: &run,
+            input: &input,
+            compare: compare.as_deref(),
+            plot: plot.as_deref(),
+            json,
+            csv,
+        }),
+        Command::Classify {
+            run,
+            split,
+            limit,
+            json,
+        } => classify_command(&run, split, limit, json),
         Command::Describe { config } => describe(config),
     }
 }
@@ -225,10 +422,7 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
     let device = backend::device();
     let (model, _) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
     let splits = Splits::load(&config.data, config.train.seed).map_err(|e| e.to_string())?;
-    let split = match split {
-        SplitArg::Test => Split::Test,
-        SplitArg::Train => Split::Train,
-    };
+    let split = split.into();
     let result = evaluate(
         &model,
         &splits,
@@ -249,6 +443,45 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
         println!(
             "{:.4} bits/dim, {:.2} nats per example, {} examples",
             result.bits_per_dim, result.nll_nats, result.examples
+        );
+    }
+    Ok(())
+}
+
+fn classify_command(
+    run: &Path,
+    split: SplitArg,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), String> {
+    let config = run_config(run).map_err(|e| e.to_string())?;
+    let device = backend::device();
+    let (model, _) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
+    let splits = Splits::load(&config.data, config.train.seed).map_err(|e| e.to_string())?;
+    let result = realnvp_train::classify(
+        &model,
+        &splits,
+        split.into(),
+        config.train.eval_batch_size,
+        limit,
+        &device,
+    )
+    .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&result).map_err(|e| e.to_string())?
+        );
+    } else {
+        eprintln!("backend: {}", backend::NAME);
+        println!("confusion matrix (rows: label, columns: predicted class):");
+        for row in &result.confusion {
+            let cells: Vec<String> = row.iter().map(|c| format!("{c:5}")).collect();
+            println!("{}", cells.join(" "));
+        }
+        println!(
+            "accuracy {:.4} on {} examples",
+            result.accuracy, result.examples
         );
     }
     Ok(())

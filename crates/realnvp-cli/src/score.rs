@@ -3,12 +3,15 @@
 use std::path::Path;
 
 use realnvp_core::{Flow, FlowBatch, FlowConfig};
-use realnvp_data::folder::{FolderPreset, ImageFolder, ImageFolderConfig};
 use realnvp_data::loader::VectorArray;
 use realnvp_data::tabular::{read_csv, Standardizer};
 use realnvp_train::config::DataConfig;
 use realnvp_train::{load_run_model, run_config};
 
+use realnvp_train::data::Splits;
+use realnvp_train::plot::write_histograms;
+
+use crate::inputs::{read_images, split_examples};
 use crate::{backend, batch_bits_per_dim, Inference};
 
 /// One scored input.
@@ -18,14 +21,49 @@ struct Record {
     bits_per_dim: f64,
 }
 
-pub fn score_command(run: &Path, input: &Path, json: bool, csv: bool) -> Result<(), String> {
+/// What `realnvp score` is asked.
+pub struct ScoreArgs<'a> {
+    /// The run directory.
+    pub run: &'a Path,
+    /// What to score.
+    pub input: &'a Path,
+    /// A second input to compare with.
+    pub compare: Option<&'a Path>,
+    /// Where to draw the histograms of both.
+    pub plot: Option<&'a Path>,
+    /// JSON lines.
+    pub json: bool,
+    /// CSV.
+    pub csv: bool,
+}
+
+pub fn score_command(args: ScoreArgs) -> Result<(), String> {
+    let ScoreArgs {
+        run,
+        input,
+        compare,
+        plot,
+        json,
+        csv,
+    } = args;
     let device = backend::device();
     let (model, config) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
-    let records = match (&model, &config) {
-        (Flow::Image(_), FlowConfig::Image(c)) => score_images(&model, c, input)?,
-        (Flow::Vector(_), FlowConfig::Vector(c)) => score_rows(&model, c.dims, run, input)?,
-        _ => return Err("the run's model and configuration disagree".into()),
+    let score = |input: &Path| match (&model, &config) {
+        (Flow::Image(_), FlowConfig::Image(c)) => score_images(&model, run, c, input),
+        (Flow::Vector(_), FlowConfig::Vector(c)) => score_rows(&model, c.dims, run, input),
+        _ => Err("the run's model and configuration disagree".into()),
     };
+    let records = score(input)?;
+    let others = compare.map(score).transpose()?;
+    if let (Some(plot), Some(others)) = (plot, &others) {
+        let a: Vec<f64> = records.iter().map(|r| r.bits_per_dim).collect();
+        let b: Vec<f64> = others.iter().map(|r| r.bits_per_dim).collect();
+        write_histograms(plot, &[&a, &b], 60).map_err(|e| e.to_string())?;
+    }
+    if let (Some(other), Some(others)) = (compare, &others) {
+        summarise(input, &records, other, others, plot);
+        return Ok(());
+    }
     if csv {
         println!("input,log_likelihood_nats,bits_per_dim");
     }
@@ -52,65 +90,47 @@ pub fn score_command(run: &Path, input: &Path, json: bool, csv: bool) -> Result<
     Ok(())
 }
 
-/// Images of a file or folder, at the model's size; 8-bit values are mapped to the model's
-/// levels.
+/// Images of a file or folder, or a split of the run's data set (`data:test`,
+/// `data:train`), at the model's size; 8-bit values are mapped to the model's levels.
 fn score_images(
     model: &Flow<Inference>,
+    run: &Path,
     config: &realnvp_core::RealNvpConfig,
     input: &Path,
 ) -> Result<Vec<Record>, String> {
-    let (dir, only) = if input.is_file() {
-        (
-            input.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            Some(input.to_path_buf()),
-        )
-    } else {
-        (input.to_path_buf(), None)
+    let images = match input.to_str() {
+        Some("data:test") | Some("data:train") => {
+            let run_config = run_config(run).map_err(|e| e.to_string())?;
+            let splits =
+                Splits::load(&run_config.data, run_config.train.seed).map_err(|e| e.to_string())?;
+            let Splits::Images { train, test, .. } = splits else {
+                return Err("the run's data set holds no images".into());
+            };
+            let split = if input.to_str() == Some("data:test") {
+                test
+            } else {
+                train
+            };
+            let all: Vec<usize> = (0..split.len()).collect();
+            let mut images = split_examples(&split, &all)?;
+            let prefix = input.to_string_lossy().into_owned();
+            for (i, name) in images.names.iter_mut().enumerate() {
+                *name = format!("{prefix}:{i}");
+            }
+            images
+        }
+        _ => read_images(input, config)?,
     };
-    let folder = ImageFolder::scan(ImageFolderConfig {
-        path: dir,
-        preset: FolderPreset::Native,
-        channels: config.channels,
-    })
-    .map_err(|e| e.to_string())?;
-    let indices: Vec<usize> = match &only {
-        Some(file) => vec![folder
-            .files()
-            .iter()
-            .position(|f| f == file)
-            .ok_or_else(|| format!("{}: not a PNG or JPEG image", file.display()))?],
-        None => (0..folder.len()).collect(),
-    };
-    let expected = [config.channels, config.height, config.width];
-    let levels = config.preprocess.levels;
     let dims = config.dims() as f64;
     let device = backend::device();
     let mut records = Vec::new();
+    let indices: Vec<usize> = (0..images.array.len()).collect();
     for chunk in indices.chunks(64) {
-        let mut batch = folder
-            .decode_batch(chunk, None, &[])
-            .map_err(|e| e.to_string())?;
-        if batch.shape != expected {
-            return Err(format!(
-                "{}: images are {}x{}x{}, the model expects {}x{}x{}",
-                input.display(),
-                batch.shape[0],
-                batch.shape[1],
-                batch.shape[2],
-                expected[0],
-                expected[1],
-                expected[2]
-            ));
-        }
-        if levels != 256 {
-            for p in batch.pixels.iter_mut() {
-                *p = ((*p as f64) * (levels - 1) as f64 / 255.0).round() as u8;
-            }
-        }
+        let batch = images.array.select(chunk);
         let bpd = batch_bits_per_dim(model, FlowBatch::Images(batch.to_tensor(&device)));
         for (k, &i) in chunk.iter().enumerate() {
             records.push(Record {
-                input: folder.files()[i].display().to_string(),
+                input: images.names[i].clone(),
                 log_likelihood_nats: -bpd[k] * dims * std::f64::consts::LN_2,
                 bits_per_dim: bpd[k],
             });
@@ -162,4 +182,57 @@ fn score_rows(
             }
         })
         .collect())
+}
+
+/// Prints the bits/dim distribution of both inputs and the AUROC of telling them apart by
+/// bits/dim (0.5: indistinguishable; 1: every `other` scores worse than every `input`).
+fn summarise(
+    input: &Path,
+    records: &[Record],
+    other: &Path,
+    others: &[Record],
+    plot: Option<&Path>,
+) {
+    let stats = |r: &[Record]| {
+        let mut v: Vec<f64> = r.iter().map(|r| r.bits_per_dim).collect();
+        v.sort_by(f64::total_cmp);
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        (
+            v.len(),
+            mean,
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
+        )
+    };
+    for (name, r) in [(input, records), (other, others)] {
+        let (n, mean, median) = stats(r);
+        println!(
+            "{}: {n} inputs, mean {mean:.4} bits/dim, median {median:.4}",
+            name.display()
+        );
+    }
+    let mut wins = 0.0;
+    for a in records {
+        for b in others {
+            wins += match b.bits_per_dim.total_cmp(&a.bits_per_dim) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Equal => 0.5,
+                std::cmp::Ordering::Less => 0.0,
+            };
+        }
+    }
+    let pairs = (records.len() * others.len()).max(1) as f64;
+    println!(
+        "AUROC of bits/dim separating {} (higher) from {}: {:.4}",
+        other.display(),
+        input.display(),
+        wins / pairs
+    );
+    if let Some(plot) = plot {
+        println!(
+            "histograms: {} (blue: {}, red: {})",
+            plot.display(),
+            input.display(),
+            other.display()
+        );
+    }
 }

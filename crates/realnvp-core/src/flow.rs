@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,9 @@ impl FlowConfig {
 pub enum FlowBatch<B: Backend> {
     /// Integer pixels `[batch, channels, height, width]`.
     Images(Tensor<B, 4>),
+    /// Integer pixels and their class labels `[batch]`: scored by `log p(x | label)` on a
+    /// class-conditional model, by `log p(x)` (labels ignored) on any other.
+    LabelledImages(Tensor<B, 4>, Tensor<B, 1, Int>),
     /// Real vectors `[batch, dims]`.
     Vectors(Tensor<B, 2>),
 }
@@ -55,7 +58,7 @@ impl<B: Backend> FlowBatch<B> {
     /// Number of examples.
     pub fn len(&self) -> usize {
         match self {
-            FlowBatch::Images(x) => x.dims()[0],
+            FlowBatch::Images(x) | FlowBatch::LabelledImages(x, _) => x.dims()[0],
             FlowBatch::Vectors(x) => x.dims()[0],
         }
     }
@@ -67,6 +70,9 @@ impl<B: Backend> FlowBatch<B> {
 }
 
 /// An image or a vector Real NVP.
+// One model is held at a time, never in bulk, so the variants' size difference costs
+// nothing; boxing would hide the module from burn's derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Flow<B: Backend> {
     /// An image Real NVP.
@@ -89,6 +95,9 @@ impl<B: Backend> Flow<B> {
     ) -> Tensor<B, 1> {
         match (self, batch) {
             (Flow::Image(m), FlowBatch::Images(x)) => m.bits_per_dim(x, dequantization),
+            (Flow::Image(m), FlowBatch::LabelledImages(x, labels)) => {
+                m.bits_per_dim_given(x, labels, dequantization)
+            }
             (Flow::Vector(m), FlowBatch::Vectors(x)) => {
                 let dims = m.dims() as f64;
                 m.log_prob(x).div_scalar(-dims * std::f64::consts::LN_2)

@@ -2,10 +2,11 @@
 //! encoding and decoding.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::bijector::Bijector;
+use crate::class_prior::ClassPrior;
 use crate::error::ConfigError;
 use crate::multiscale::{Scale, ScaleSpec};
 use crate::preprocess::{Dequantization, Preprocess, PreprocessConfig};
@@ -35,6 +36,9 @@ pub struct RealNvpConfig {
     pub batch_norm_momentum: f64,
     /// Dequantisation and logit settings.
     pub preprocess: PreprocessConfig,
+    /// Number of classes of a class-conditional model (a learned Gaussian prior per
+    /// class, see [`crate::class_prior`]); 0 for the unconditional model.
+    pub classes: usize,
 }
 
 impl Default for RealNvpConfig {
@@ -49,6 +53,7 @@ impl Default for RealNvpConfig {
             batch_norm: true,
             batch_norm_momentum: 0.05,
             preprocess: PreprocessConfig::default(),
+            classes: 0,
         }
     }
 }
@@ -129,8 +134,11 @@ impl RealNvpConfig {
                 Scale::new(spec, device)
             })
             .collect();
+        let class_prior =
+            (self.classes > 0).then(|| ClassPrior::new(self.classes, self.dims(), device));
         Ok(RealNvp {
             scales,
+            class_prior,
             preprocess,
             config: self.clone(),
         })
@@ -146,6 +154,65 @@ pub struct Latents<B: Backend> {
 }
 
 impl<B: Backend> Latents<B> {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.scales[0].dims()[0]
+    }
+
+    /// Whether there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Per-scale shapes `[channels, height, width]`, finest first.
+    pub fn shapes(&self) -> Vec<[usize; 3]> {
+        self.scales
+            .iter()
+            .map(|z| {
+                let [_, c, h, w] = z.dims();
+                [c, h, w]
+            })
+            .collect()
+    }
+
+    /// All scales as one matrix `[batch, dims]`, finest scale first, each scale in
+    /// `[channels, height, width]` order.
+    pub fn flatten(&self) -> Tensor<B, 2> {
+        let batch = self.len();
+        let parts = self
+            .scales
+            .iter()
+            .map(|z| {
+                let [_, c, h, w] = z.dims();
+                z.clone().reshape([batch, c * h * w])
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// Inverts [`Latents::flatten`] for the per-scale `shapes` `[channels, height, width]`.
+    ///
+    /// # Panics
+    /// If `z` does not have as many columns as the shapes hold.
+    pub fn unflatten(z: Tensor<B, 2>, shapes: &[[usize; 3]]) -> Self {
+        let [batch, columns] = z.dims();
+        let total: usize = shapes.iter().map(|[c, h, w]| c * h * w).sum();
+        assert_eq!(total, columns, "latent matrix does not fit the shapes");
+        let mut start = 0;
+        let scales = shapes
+            .iter()
+            .map(|&[c, h, w]| {
+                let part = z
+                    .clone()
+                    .narrow(1, start, c * h * w)
+                    .reshape([batch, c, h, w]);
+                start += c * h * w;
+                part
+            })
+            .collect();
+        Self { scales }
+    }
+
     /// Log-density of all latents under the unit Gaussian prior, nats, shape `[batch]`.
     pub fn log_prob(&self) -> Tensor<B, 1> {
         self.scales
@@ -166,6 +233,8 @@ impl<B: Backend> Latents<B> {
 pub struct RealNvp<B: Backend> {
     /// The scales, finest first.
     pub scales: Vec<Scale<B>>,
+    /// The per-class prior of a class-conditional model; `None`: `N(0, I)`.
+    pub class_prior: Option<ClassPrior<B>>,
     #[module(skip)]
     preprocess: Preprocess,
     #[module(skip)]
@@ -215,10 +284,72 @@ impl<B: Backend> RealNvp<B> {
         self.preprocess.inverse(h)
     }
 
-    /// Log-density of continuous pixels `y` in `[0, 1)^D`, nats, shape `[batch]`.
+    /// Log-density of continuous pixels `y` in `[0, 1)^D`, nats, shape `[batch]`. For a
+    /// class-conditional model the marginal `logsumexp_k log p(y | k) - ln K`.
     pub fn log_density(&self, y: Tensor<B, 4>) -> Tensor<B, 1> {
+        match &self.class_prior {
+            None => {
+                let (latents, log_det) = self.encode_with_log_det(y);
+                latents.log_prob() + log_det
+            }
+            Some(prior) => {
+                let per_class = self.class_log_densities(y);
+                log_sum_exp(per_class).sub_scalar((prior.classes() as f64).ln())
+            }
+        }
+    }
+
+    /// Number of classes of a class-conditional model, 0 for an unconditional one.
+    pub fn classes(&self) -> usize {
+        self.class_prior.as_ref().map_or(0, |p| p.classes())
+    }
+
+    /// `log p(y | k)` for every class `k`: continuous pixels `[batch, c, h, w]` to
+    /// `[batch, classes]`, nats. An unconditional model has one class, its prior.
+    pub fn class_log_densities(&self, y: Tensor<B, 4>) -> Tensor<B, 2> {
         let (latents, log_det) = self.encode_with_log_det(y);
-        latents.log_prob() + log_det
+        let batch = latents.len();
+        match &self.class_prior {
+            None => (latents.log_prob() + log_det).reshape([batch, 1]),
+            Some(prior) => {
+                prior.log_prob_per_class(latents.flatten()) + log_det.reshape([batch, 1])
+            }
+        }
+    }
+
+    /// `log p(y_i | k_i)` for continuous pixels and labels `[batch]` (values
+    /// `0..classes`), nats, `[batch]`; the marginal [`RealNvp::log_density`] for an
+    /// unconditional model.
+    pub fn log_density_given(&self, y: Tensor<B, 4>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+        match &self.class_prior {
+            None => self.log_density(y),
+            Some(prior) => {
+                let (latents, log_det) = self.encode_with_log_det(y);
+                prior.log_prob_given(latents.flatten(), labels) + log_det
+            }
+        }
+    }
+
+    /// Bits/dim of integer pixels given their labels, `-log p(x | k) / (D ln 2)`, `[batch]`
+    /// (the training objective of a class-conditional model).
+    pub fn bits_per_dim_given(
+        &self,
+        x: Tensor<B, 4>,
+        labels: Tensor<B, 1, Int>,
+        dequantization: Dequantization,
+    ) -> Tensor<B, 1> {
+        let dims = self.config.dims();
+        let y = self.preprocess.dequantize(x, dequantization);
+        self.preprocess
+            .bits_per_dim(self.log_density_given(y, labels), dims)
+    }
+
+    /// `log p(x | k)` of integer pixels for every class, nats, `[batch, classes]`; Bayes'
+    /// rule with equal class priors picks the argmax over dimension 1.
+    pub fn class_log_probs(&self, x: Tensor<B, 4>, dequantization: Dequantization) -> Tensor<B, 2> {
+        let y = self.preprocess.dequantize(x, dequantization);
+        self.class_log_densities(y)
+            .sub_scalar(self.preprocess.discretisation_nats(self.config.dims()))
     }
 
     /// Log-likelihood of integer pixels `x` (`0..levels`), nats per example, shape
@@ -239,15 +370,98 @@ impl<B: Backend> RealNvp<B> {
         self.preprocess.bits_per_dim(self.log_density(y), dims)
     }
 
-    /// Draws latents for `n` images from `N(0, temperature^2 I)`.
+    /// Draws latents for `n` images from `N(0, temperature^2 I)` (a class-conditional
+    /// model: from the mixture of its classes, each equally likely).
     pub fn sample_latents(&self, n: usize, temperature: f64, device: &B::Device) -> Latents<B> {
-        let scales = self
-            .config
+        match &self.class_prior {
+            None => {
+                let (height, width) = (self.config.height, self.config.width);
+                self.sample_latents_sized(n, height, width, temperature, device)
+            }
+            Some(prior) => {
+                let classes = prior.classes();
+                let labels =
+                    Tensor::<B, 1>::random([n], Distribution::Uniform(0.0, classes as f64), device)
+                        .floor()
+                        .int()
+                        .clamp(0, classes as i64 - 1);
+                self.sample_latents_given(labels, temperature)
+            }
+        }
+    }
+
+    /// Draws latents of the unit Gaussian prior for `n` images of `height x width` pixels:
+    /// the model is fully convolutional, so any size divisible by `2^(scales - 1)` decodes
+    /// (the paper's extrapolation, appendix C).
+    pub fn sample_latents_sized(
+        &self,
+        n: usize,
+        height: usize,
+        width: usize,
+        temperature: f64,
+        device: &B::Device,
+    ) -> Latents<B> {
+        let config = RealNvpConfig {
+            height,
+            width,
+            ..self.config.clone()
+        };
+        let scales = config
             .latent_shapes()
             .into_iter()
             .map(|[c, h, w]| standard_normal_sample([n, c, h, w], temperature, device))
             .collect();
         Latents { scales }
+    }
+
+    /// The latents at `temperature` that unit-Gaussian `noise` stands for: `T * noise` under
+    /// the unit Gaussian prior, `mu_k + T * sigma_k * noise` under class `k`'s prior when
+    /// `labels` `[n]` are given to a class-conditional model. One draw of noise at several
+    /// temperatures shows the same sample sharpening.
+    pub fn latents_from_noise(
+        &self,
+        noise: Latents<B>,
+        temperature: f64,
+        labels: Option<Tensor<B, 1, Int>>,
+    ) -> Latents<B> {
+        match (&self.class_prior, labels) {
+            (Some(prior), Some(labels)) => {
+                let shapes = noise.shapes();
+                Latents::unflatten(
+                    prior.from_noise(labels, noise.flatten(), temperature),
+                    &shapes,
+                )
+            }
+            _ => Latents {
+                scales: noise
+                    .scales
+                    .into_iter()
+                    .map(|z| z.mul_scalar(temperature))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Draws latents of the classes `labels` `[n]` from a class-conditional model's prior,
+    /// `mu_k + temperature * sigma_k * eps`; the unit Gaussian for an unconditional model.
+    pub fn sample_latents_given(&self, labels: Tensor<B, 1, Int>, temperature: f64) -> Latents<B> {
+        let device = labels.device();
+        match &self.class_prior {
+            None => {
+                let n = labels.dims()[0];
+                self.sample_latents_sized(
+                    n,
+                    self.config.height,
+                    self.config.width,
+                    temperature,
+                    &device,
+                )
+            }
+            Some(prior) => Latents::unflatten(
+                prior.sample(labels, temperature),
+                &self.config.latent_shapes(),
+            ),
+        }
     }
 
     /// Samples `n` images at the given temperature (the prior's standard deviation), as
@@ -268,6 +482,14 @@ impl<B: Backend> RealNvp<B> {
     }
 }
 
+/// `log sum_k exp(a_ik)` over dimension 1, stabilised by the row maximum:
+/// `[batch, k] -> [batch]`.
+pub fn log_sum_exp<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 1> {
+    let max = a.clone().max_dim(1).detach();
+    let sum = (a - max.clone()).exp().sum_dim(1);
+    (sum.log() + max).squeeze_dim(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +508,7 @@ mod tests {
             batch_norm,
             batch_norm_momentum: 0.5,
             preprocess: PreprocessConfig::default(),
+            classes: 0,
         }
     }
 
@@ -293,19 +516,6 @@ mod tests {
         B::seed(&Default::default(), seed);
         let model = config.init::<B>(&Default::default()).expect("valid config");
         perturb(model, 0.05, seed)
-    }
-
-    /// All latents flattened and concatenated: `[batch, dims]`.
-    fn flat<B: Backend>(latents: Latents<B>) -> Tensor<B, 2> {
-        let parts = latents
-            .scales
-            .into_iter()
-            .map(|z| {
-                let batch = z.dims()[0];
-                z.reshape([batch as i32, -1])
-            })
-            .collect();
-        Tensor::cat(parts, 1)
     }
 
     #[test]
@@ -359,7 +569,7 @@ mod tests {
             let m = model::<Exact>(&small_config(channels, true), 3);
             let y = uniform::<Exact, 4>([2, channels, 4, 4], 0.05, 0.95, 4);
             let (_, log_det) = m.encode_with_log_det(y.clone());
-            let expected = brute_force_log_det(|y| flat(m.encode(y)), y, 1e-6);
+            let expected = brute_force_log_det(|y| m.encode(y).flatten(), y, 1e-6);
             assert_close(
                 &values(log_det),
                 &expected,
@@ -472,6 +682,122 @@ mod tests {
                 .collect(),
         });
         assert_eq!(values(cold), values(zero));
+    }
+
+    #[test]
+    fn extrapolated_samples_have_the_requested_size_and_finite_pixels() {
+        let m = model::<Cpu>(&small_config(3, true), 6);
+        let device = Default::default();
+        for (height, width) in [(8, 8), (40, 12)] {
+            let latents = m.sample_latents_sized(2, height, width, 1.0, &device);
+            let images = m.decode(latents.clone());
+            assert_eq!(images.dims(), [2, 3, height, width]);
+            assert!(values(images.clone()).iter().all(|v| v.is_finite()));
+            let back = m.encode(images).flatten();
+            assert!(max_abs_diff(back, latents.flatten()) < 1e-3);
+        }
+    }
+
+    #[test]
+    fn flatten_and_unflatten_are_inverse() {
+        let m = model::<Cpu>(&small_config(3, false), 7);
+        let y = uniform::<Cpu, 4>([3, 3, 4, 4], 0.0, 1.0, 8);
+        let latents = m.encode(y);
+        let flat = latents.flatten();
+        assert_eq!(flat.dims(), [3, 48]);
+        let back = Latents::unflatten(flat, &latents.shapes());
+        for (a, b) in back.scales.into_iter().zip(latents.scales) {
+            assert_eq!(values(a), values(b));
+        }
+    }
+
+    fn conditional_config() -> RealNvpConfig {
+        RealNvpConfig {
+            classes: 3,
+            ..small_config(1, true)
+        }
+    }
+
+    fn labels(values: &[i64]) -> Tensor<Cpu, 1, Int> {
+        Tensor::from_data(
+            burn::tensor::TensorData::new(values.to_vec(), [values.len()]),
+            &Default::default(),
+        )
+    }
+
+    /// `log p(y | k)` computed by hand from the latents and the prior's parameters.
+    #[test]
+    fn class_conditional_log_density_is_the_class_gaussian_plus_the_log_det() {
+        let m = model::<Cpu>(&conditional_config(), 9);
+        let prior = m.class_prior.as_ref().expect("conditional");
+        let y = uniform::<Cpu, 4>([4, 1, 4, 4], 0.05, 0.95, 10);
+        let given = [2, 0, 1, 2];
+        let actual = values(m.log_density_given(y.clone(), labels(&given)));
+        let (latents, log_det) = m.encode_with_log_det(y);
+        let z = values(latents.flatten());
+        let (mean, log_std) = (values(prior.mean.val()), values(prior.log_std.val()));
+        let dims = 16;
+        let expected: Vec<f64> = values(log_det)
+            .iter()
+            .enumerate()
+            .map(|(i, log_det)| {
+                let k = given[i] as usize;
+                let gaussian: f64 = (0..dims)
+                    .map(|d| {
+                        let (mu, ls) = (mean[k * dims + d], log_std[k * dims + d]);
+                        let u = (z[i * dims + d] - mu) / ls.exp();
+                        -0.5 * u * u - ls - 0.5 * (2.0 * std::f64::consts::PI).ln()
+                    })
+                    .sum();
+                gaussian + log_det
+            })
+            .collect();
+        assert_close(&actual, &expected, 1e-3, "log p(y | k)");
+    }
+
+    /// `log p(x) = logsumexp_k log p(x | k) + log p(k)` with `p(k) = 1/K`, each class
+    /// scored on its own and summed on the host.
+    #[test]
+    fn class_conditional_likelihoods_sum_to_the_marginal() {
+        let m = model::<Cpu>(&conditional_config(), 11);
+        let x = uniform::<Cpu, 4>([5, 1, 4, 4], 0.0, 255.0, 12).floor();
+        let y = m.preprocess().dequantize(x.clone(), Dequantization::Centre);
+        let per_class: Vec<Vec<f64>> = (0..3)
+            .map(|k| values(m.log_density_given(y.clone(), labels(&[k; 5]))))
+            .collect();
+        let marginal = values(m.log_density(y.clone()));
+        for (i, &marginal) in marginal.iter().enumerate() {
+            let terms: Vec<f64> = per_class.iter().map(|c| c[i] - 3f64.ln()).collect();
+            let max = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum = max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln();
+            assert!(
+                (sum - marginal).abs() < 1e-3,
+                "example {i}: {sum} vs {marginal}"
+            );
+        }
+        // The classes differ, so the check is not of equal terms.
+        assert!((per_class[0][0] - per_class[1][0]).abs() > 1e-2);
+        // Scoring every class at once agrees with scoring one at a time.
+        let all = values(m.class_log_probs(x, Dequantization::Centre));
+        let offset = m.preprocess().discretisation_nats(16);
+        for k in 0..3 {
+            for i in 0..5 {
+                assert!((all[i * 3 + k] + offset - per_class[k][i]).abs() < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn class_sampling_at_temperature_zero_decodes_the_class_mean() {
+        let m = model::<Cpu>(&conditional_config(), 13);
+        let prior = m.class_prior.as_ref().expect("conditional");
+        let latents = m.sample_latents_given(labels(&[1, 2]), 0.0);
+        let means = prior.mean.val().select(0, labels(&[1, 2]));
+        assert_eq!(values(latents.flatten()), values(means));
+        let warm = m.sample_latents_given(labels(&[1, 2]), 0.5);
+        let images = m.decode(warm);
+        assert_eq!(images.dims(), [2, 1, 4, 4]);
+        assert!(values(images).iter().all(|v| v.is_finite()));
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub struct ImageModelSettings {
     pub alpha: f64,
     /// Model only the `n_bits` most significant bits.
     pub n_bits: Option<u32>,
+    /// Class-conditional prior (one learned Gaussian per class of a labelled data set),
+    /// trained on `log p(x | label)`; enables `realnvp sample --class` and `realnvp classify`.
+    pub conditional: bool,
 }
 
 impl Default for ImageModelSettings {
@@ -142,6 +145,7 @@ impl Default for ImageModelSettings {
             batch_norm_momentum: d.batch_norm_momentum,
             alpha: d.preprocess.alpha,
             n_bits: None,
+            conditional: false,
         }
     }
 }
@@ -327,6 +331,20 @@ impl RunConfig {
         let config = match data {
             DataShape::Images(info) => {
                 let m = &self.model;
+                let classes = match (m.conditional, info.classes) {
+                    (false, _) => 0,
+                    (true, Some(classes)) if classes >= 2 => classes,
+                    (true, classes) => {
+                        return Err(TrainError::Config {
+                            origin: "model.conditional".into(),
+                            message: format!(
+                                "data set `{}` has {}; a class-conditional model needs at least 2",
+                                info.name,
+                                classes.map_or("no labels".into(), |k| format!("{k} class")),
+                            ),
+                        })
+                    }
+                };
                 FlowConfig::Image(RealNvpConfig {
                     channels: info.shape[0],
                     height: info.shape[1],
@@ -341,6 +359,7 @@ impl RunConfig {
                         n_bits: m.n_bits,
                         alpha: m.alpha,
                     },
+                    classes,
                 })
             }
             DataShape::Vectors { dims, .. } => {
@@ -482,8 +501,31 @@ mod tests {
             levels: 256,
             train: 1,
             test: 1,
-            classes: None,
+            classes: Some(10),
         }
+    }
+
+    #[test]
+    fn a_conditional_model_takes_its_classes_from_labelled_data_only() {
+        let config =
+            RunConfig::load(None, &["model.conditional=true".into()]).expect("valid settings");
+        let labelled = info([1, 8, 8]);
+        match config.flow_config(&DataShape::Images(labelled)) {
+            Ok(FlowConfig::Image(c)) => assert_eq!(c.classes, 10),
+            other => panic!("{other:?}"),
+        }
+        let unlabelled = DatasetInfo {
+            classes: None,
+            ..info([1, 8, 8])
+        };
+        let err = config
+            .flow_config(&DataShape::Images(unlabelled))
+            .expect_err("no labels")
+            .to_string();
+        assert!(
+            err.contains("model.conditional") && err.contains("no labels"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -94,6 +94,73 @@ fn sum_bits_per_dim<B: Backend, S: Fetch>(
     Ok((total, examples))
 }
 
+/// Accuracy of a class-conditional model's Bayes classifier on a split.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Classification {
+    /// Fraction of examples whose most likely class is their label.
+    pub accuracy: f64,
+    /// Examples classified.
+    pub examples: usize,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Classifies every example of `split` (up to `limit`) by Bayes' rule with equal class
+/// priors, `argmax_k log p(x | k)`, pixels dequantised to the centres of their bins.
+/// Errors unless `model` is a class-conditional image model and the split is labelled.
+pub fn classify<B: Backend>(
+    model: &Flow<B>,
+    splits: &Splits,
+    split: Split,
+    batch_size: usize,
+    limit: Option<usize>,
+    device: &B::Device,
+) -> Result<Classification, TrainError> {
+    let not_conditional = || TrainError::Config {
+        origin: "model".into(),
+        message: "not a class-conditional model (train with model.conditional = true)".into(),
+    };
+    let (Flow::Image(model), Splits::Images { train, test, .. }) = (model, splits) else {
+        return Err(not_conditional());
+    };
+    let classes = model.classes();
+    if classes == 0 {
+        return Err(not_conditional());
+    }
+    let source = Limited {
+        inner: if split == Split::Train { train } else { test },
+        limit,
+    };
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    for batch in eval_batches(&source, batch_size) {
+        let batch = batch?;
+        let labels = batch.labels.clone().ok_or_else(|| TrainError::Config {
+            origin: "data".into(),
+            message: "the images have no labels to classify against".into(),
+        })?;
+        let scores = model.class_log_probs(batch.to_tensor(device), Dequantization::Centre);
+        let predicted = scores.argmax(1).into_data().convert::<i64>();
+        let predicted = predicted.to_vec::<i64>().unwrap_or_default();
+        for (&label, &guess) in labels.iter().zip(&predicted) {
+            let (label, guess) = (label as usize, guess as usize);
+            if label >= classes || guess >= classes {
+                return Err(TrainError::Config {
+                    origin: "data".into(),
+                    message: format!("label {label} outside the model's {classes} classes"),
+                });
+            }
+            confusion[label][guess] += 1;
+        }
+    }
+    let examples: usize = confusion.iter().flatten().sum();
+    let correct: usize = (0..classes).map(|k| confusion[k][k]).sum();
+    Ok(Classification {
+        accuracy: correct as f64 / examples.max(1) as f64,
+        examples,
+        confusion,
+    })
+}
+
 /// The first `limit` examples of a split.
 struct Limited<'a, S> {
     inner: &'a S,

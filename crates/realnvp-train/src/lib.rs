@@ -21,5 +21,5 @@ pub mod trainer;
 
 pub use config::RunConfig;
 pub use error::TrainError;
-pub use evaluate::{evaluate, write_samples, Evaluation, Split};
+pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
 pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary};

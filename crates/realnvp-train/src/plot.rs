@@ -129,9 +129,111 @@ pub fn write_learning_curves(
         .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
 }
 
+/// Writes overlaid histograms of bits/dim, one per series, to `path`: the first series
+/// in blue, the second in red (overlap darker), `bins` bins over the common range; tick
+/// labels give bits/dim on the x axis and the fraction of each series per bin on the y
+/// axis. For out-of-distribution checks: in-distribution scores vs others.
+pub fn write_histograms(path: &Path, series: &[&[f64]], bins: usize) -> Result<(), TrainError> {
+    let colours = [TRAIN, TEST];
+    let finite: Vec<Vec<f64>> = series
+        .iter()
+        .map(|s| s.iter().copied().filter(|v| v.is_finite()).collect())
+        .collect();
+    let all = finite.iter().flatten();
+    let lo = all.clone().copied().fold(f64::INFINITY, f64::min);
+    let hi = all.copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut image: RgbImage = ImageBuffer::from_pixel(WIDTH, HEIGHT, Rgb([255, 255, 255]));
+    let (x0, x1) = (LEFT as i64, (WIDTH - RIGHT) as i64);
+    let (y0, y1) = (TOP as i64, (HEIGHT - BOTTOM) as i64);
+    if lo.is_finite() && bins > 0 {
+        let pad = ((hi - lo) * 0.02).max(1e-3);
+        let (lo, hi) = (lo - pad, hi + pad);
+        let width = (hi - lo) / bins as f64;
+        let fractions: Vec<Vec<f64>> = finite
+            .iter()
+            .map(|s| {
+                let mut counts = vec![0.0; bins];
+                for v in s {
+                    counts[(((v - lo) / width) as usize).min(bins - 1)] += 1.0;
+                }
+                counts.iter().map(|c| c / s.len().max(1) as f64).collect()
+            })
+            .collect();
+        let top = fractions
+            .iter()
+            .flatten()
+            .copied()
+            .fold(0.0, f64::max)
+            .max(1e-9)
+            * 1.05;
+        let to_x = |v: f64| x0 + ((v - lo) / (hi - lo) * (x1 - x0) as f64) as i64;
+        let to_y = |f: f64| y1 - (f / top * (y1 - y0) as f64) as i64;
+        for (counts, colour) in fractions.iter().zip(colours) {
+            for (b, &f) in counts.iter().enumerate() {
+                let (left, right) = (
+                    to_x(lo + b as f64 * width),
+                    to_x(lo + (b + 1) as f64 * width),
+                );
+                for x in left..right {
+                    for y in to_y(f)..y1 {
+                        let blended = match image.get_pixel(x as u32, y as u32) {
+                            p if *p == Rgb([255, 255, 255]) => colour,
+                            p => Rgb([
+                                p[0] / 2 + colour[0] / 2,
+                                p[1] / 2 + colour[1] / 2,
+                                p[2] / 2 + colour[2] / 2,
+                            ]
+                            .map(|c| c.saturating_sub(40))),
+                        };
+                        put(&mut image, x, y, blended);
+                    }
+                }
+            }
+        }
+        for k in 0..=4 {
+            let v = lo + (hi - lo) * k as f64 / 4.0;
+            let x = to_x(v);
+            line(&mut image, (x, y1), (x, y1 + 5), Rgb([0, 0, 0]));
+            draw_text(&mut image, x - 12, y1 + 12, &format!("{v:.2}"));
+            let f = top * k as f64 / 4.0;
+            let y = to_y(f);
+            line(&mut image, (x0 - 5, y), (x0, y), Rgb([0, 0, 0]));
+            draw_text(&mut image, 4, y - 5, &format!("{f:.3}"));
+        }
+    }
+    line(&mut image, (x0, y1), (x1, y1), Rgb([0, 0, 0]));
+    line(&mut image, (x0, y0), (x0, y1), Rgb([0, 0, 0]));
+    image
+        .save(path)
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_show_both_series_where_their_values_lie() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hist.png");
+        let low: Vec<f64> = (0..200).map(|i| 2.0 + (i % 10) as f64 * 0.01).collect();
+        let high: Vec<f64> = (0..50).map(|i| 5.0 + (i % 10) as f64 * 0.01).collect();
+        write_histograms(&path, &[&low, &high], 40).expect("writable");
+        let image = image::open(&path).expect("a PNG").to_rgb8();
+        let columns_with = |c: Rgb<u8>| -> Vec<u32> {
+            let mut xs: Vec<u32> = image
+                .enumerate_pixels()
+                .filter(|(_, _, &p)| p == c)
+                .map(|(x, _, _)| x)
+                .collect();
+            xs.dedup();
+            xs
+        };
+        let (blue, red) = (columns_with(TRAIN), columns_with(TEST));
+        assert!(!blue.is_empty() && !red.is_empty());
+        // The low series sits left of the high one.
+        assert!(blue.iter().max() < red.iter().min(), "{blue:?} {red:?}");
+    }
 
     #[test]
     fn draws_both_curves_in_their_colours() {

@@ -158,7 +158,8 @@ pub fn train<B: AutodiffBackend>(
         seed: t.seed,
         flip: Splits::flip(&config.data),
     };
-    let batches = Batches::new(&splits, stream_config)?;
+    let labelled = matches!(&flow_config, FlowConfig::Image(c) if c.classes > 0);
+    let batches = Batches::new(&splits, stream_config, labelled)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -553,16 +554,21 @@ fn update_average<B: Backend>(average: Flow<B>, current: &Flow<B>, decay: f64) -
 
 /// The training stream of either data kind, producing model batches.
 enum Batches {
-    Images(TrainStream<realnvp_data::loader::ImageSource>),
+    /// Images, with their labels when `labelled` (a class-conditional model).
+    Images {
+        stream: TrainStream<realnvp_data::loader::ImageSource>,
+        labelled: bool,
+    },
     Vectors(TrainStream<realnvp_data::loader::VectorArray>),
 }
 
 impl Batches {
-    fn new(splits: &Splits, config: StreamConfig) -> Result<Self, TrainError> {
+    fn new(splits: &Splits, config: StreamConfig, labelled: bool) -> Result<Self, TrainError> {
         Ok(match splits {
-            Splits::Images { train, .. } => {
-                Batches::Images(TrainStream::new(train.clone(), config)?)
-            }
+            Splits::Images { train, .. } => Batches::Images {
+                stream: TrainStream::new(train.clone(), config)?,
+                labelled,
+            },
             Splits::Vectors { train, .. } => {
                 Batches::Vectors(TrainStream::new(train.clone(), config)?)
             }
@@ -575,9 +581,19 @@ impl Batches {
         device: &B::Device,
     ) -> Result<(FlowBatch<B>, StreamPosition), TrainError> {
         Ok(match self {
-            Batches::Images(s) => {
-                let (batch, next) = s.batch_at(position)?;
-                (FlowBatch::Images(batch.to_tensor(device)), next)
+            Batches::Images { stream, labelled } => {
+                let (batch, next) = stream.batch_at(position)?;
+                let batch = batch.to_batch(device);
+                match (labelled, batch.labels) {
+                    (true, Some(labels)) => (FlowBatch::LabelledImages(batch.pixels, labels), next),
+                    (true, None) => {
+                        return Err(TrainError::Config {
+                            origin: "model.conditional".into(),
+                            message: "the training images have no labels".into(),
+                        })
+                    }
+                    (false, _) => (FlowBatch::Images(batch.pixels), next),
+                }
             }
             Batches::Vectors(s) => {
                 let (batch, next) = s.batch_at(position)?;
