@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask train-<data set>` builds the `realnvp` CLI with the chosen backend and
 //! trains with the paper's configuration from `configs/`; without the data it says what to
-//! download and where to put it.
+//! download and where to put it. `cargo xtask bench` measures throughput per backend and
+//! architecture, optionally beside the PyTorch reference, and appends JSON lines.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -22,6 +23,10 @@ enum Job {
     /// Type-check the CLI with every backend feature (ndarray, wgpu, cuda); none of them
     /// needs a GPU or a download to compile.
     CheckBackends,
+    /// Benchmark training, evaluation and sampling throughput and peak memory per backend
+    /// and architecture (digits, fashion-mnist, cifar10), optionally beside the PyTorch
+    /// reference; appends one JSON line per result (with the git commit) and prints them.
+    Bench(BenchArgs),
     /// Train on CelebA (configs/celeba.toml).
     TrainCeleba(TrainArgs),
     /// Train on CIFAR-10 (configs/cifar10.toml).
@@ -49,6 +54,31 @@ struct TrainArgs {
     /// Further arguments for `realnvp train` (after `--`), e.g. `-- --minutes 60`.
     #[arg(last = true)]
     extra: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Backends to build and measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "flex")]
+    backends: Vec<Backend>,
+    /// Architectures, comma-separated: digits, fashion-mnist, cifar10.
+    #[arg(long, default_value = "digits,fashion-mnist,cifar10")]
+    models: String,
+    /// Timed repetitions per figure (the median is kept).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Batches per repetition.
+    #[arg(long, default_value_t = 2)]
+    iterations: usize,
+    /// Append results to this file.
+    #[arg(long, default_value = "target/bench/results.jsonl")]
+    out: PathBuf,
+    /// Python interpreter with torch installed: also run the PyTorch reference.
+    #[arg(long)]
+    torch: Option<PathBuf>,
+    /// The PyTorch reference script (`torch_realnvp.py`, its `speed` command).
+    #[arg(long, default_value = "../shared/bench/torch_realnvp.py")]
+    torch_script: PathBuf,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -81,7 +111,7 @@ struct Dataset {
 
 fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
     Some(match job {
-        Job::CheckBackends => return None,
+        Job::CheckBackends | Job::Bench(_) => return None,
         Job::TrainCeleba(a) => (a, Dataset {
             config: "configs/celeba.toml",
             default_dir: "data/celeba/img_align_celeba",
@@ -129,9 +159,10 @@ fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
 
 fn main() -> ExitCode {
     let job = Xtask::parse().job;
-    let result = match dataset(&job) {
-        None => check_backends(),
-        Some((args, data)) => train(args, &data),
+    let result = match (&job, dataset(&job)) {
+        (Job::Bench(args), _) => bench(args),
+        (_, None) => check_backends(),
+        (_, Some((args, data))) => train(args, &data),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +240,124 @@ fn check_backends() -> Result<(), String> {
             backend,
         ])?;
     }
+    Ok(())
+}
+
+/// The architecture of each benchmark model, as the PyTorch reference's arguments:
+/// channels, size, scales, blocks, features.
+fn torch_arguments(model: &str) -> Option<[usize; 5]> {
+    Some(match model {
+        "digits" => [1, 8, 2, 2, 16],
+        "fashion-mnist" => [1, 28, 2, 4, 32],
+        "cifar10" => [3, 32, 2, 8, 64],
+        _ => return None,
+    })
+}
+
+fn bench(args: &BenchArgs) -> Result<(), String> {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut lines: Vec<String> = Vec::new();
+    let tag = |line: &str| -> Result<String, String> {
+        let trimmed = line.trim();
+        let body = trimmed
+            .strip_prefix('{')
+            .and_then(|b| b.strip_suffix('}'))
+            .ok_or_else(|| format!("not a JSON object: {trimmed}"))?;
+        Ok(format!("{{\"commit\":\"{commit}\",{body}}}"))
+    };
+    for backend in &args.backends {
+        let feature = backend.feature();
+        eprintln!("xtask: building realnvp with --features {feature}");
+        cargo(&[
+            "build",
+            "--release",
+            "--package",
+            "realnvp-cli",
+            "--no-default-features",
+            "--features",
+            feature,
+        ])?;
+        let output = Command::new("target/release/realnvp")
+            .args(["bench", "--models", &args.models])
+            .args(["--repeats", &args.repeats.to_string()])
+            .args(["--iterations", &args.iterations.to_string()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run target/release/realnvp: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "realnvp bench failed on {feature} ({})",
+                output.status
+            ));
+        }
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            lines.push(tag(line)?);
+        }
+    }
+    if let Some(python) = &args.torch {
+        if !args.torch_script.is_file() {
+            return Err(format!(
+                "{}: no such file (pass --torch-script)",
+                args.torch_script.display()
+            ));
+        }
+        for model in args.models.split(',') {
+            let [channels, size, scales, blocks, features] =
+                torch_arguments(model).ok_or_else(|| format!("unknown model `{model}`"))?;
+            eprintln!("xtask: PyTorch reference, {model}");
+            let output = Command::new(python)
+                .arg(&args.torch_script)
+                .arg("speed")
+                .args([
+                    "--channels",
+                    &channels.to_string(),
+                    "--size",
+                    &size.to_string(),
+                ])
+                .args([
+                    "--scales",
+                    &scales.to_string(),
+                    "--blocks",
+                    &blocks.to_string(),
+                ])
+                .args(["--features", &features.to_string(), "--batch", "64"])
+                .args(["--iters", &(args.iterations * args.repeats).to_string()])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+            if !output.status.success() {
+                return Err(format!("the PyTorch reference failed ({})", output.status));
+            }
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let line = tag(line)?;
+                lines.push(line.replacen('{', &format!("{{\"model\":\"{model}\","), 1));
+            }
+        }
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    print!("{text}");
+    eprintln!(
+        "xtask: appended {} results to {}",
+        lines.len(),
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -204,6 +204,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure training, evaluation and sampling throughput (images/s) and peak memory of
+    /// the benchmark architectures on the backend compiled in; one JSON line each.
+    Bench {
+        /// Architectures: digits, fashion-mnist, cifar10 (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "digits,fashion-mnist,cifar10"
+        )]
+        models: Vec<String>,
+        /// Images per batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Untimed iterations first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Iterations per repetition.
+        #[arg(long, default_value_t = 2)]
+        iterations: usize,
+    },
     /// Build a model from a configuration and print its latent shapes and parameter count.
     Describe {
         /// Model configuration (TOML keys of `RealNvpConfig`); the default 3x32x32 model
@@ -345,6 +368,21 @@ fn run(cli: Cli) -> Result<(), String> {
             limit,
             json,
         } => classify_command(&run, split, limit, json),
+        Command::Bench {
+            models,
+            batch,
+            warmup,
+            repeats,
+            iterations,
+        } => {
+            let settings = realnvp_train::bench::BenchSettings {
+                batch,
+                warmup,
+                repeats,
+                iterations,
+            };
+            bench_command(&models, settings)
+        }
         Command::Describe { config } => describe(config),
     }
 }
@@ -504,6 +542,41 @@ fn sample_command(
     eprintln!("backend: {}", backend::NAME);
     write_samples(&model, out, n, temperature, seed, &device).map_err(|e| e.to_string())?;
     println!("{}", out.display());
+    Ok(())
+}
+
+fn bench_command(
+    models: &[String],
+    settings: realnvp_train::bench::BenchSettings,
+) -> Result<(), String> {
+    use realnvp_train::bench::{benchmark, BenchModel};
+    if settings.batch == 0 || settings.repeats == 0 || settings.iterations == 0 {
+        return Err("--batch, --repeats and --iterations must be positive".into());
+    }
+    let chosen = models
+        .iter()
+        .map(|name| {
+            BenchModel::ALL
+                .into_iter()
+                .find(|m| m.name() == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = BenchModel::ALL.iter().map(|m| m.name()).collect();
+                    format!(
+                        "--models: unknown model `{name}` (known: {})",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!("backend: {}", backend::NAME);
+    for model in chosen {
+        eprintln!("benchmarking {} ...", model.name());
+        let result = benchmark::<Training>(model, settings, backend::NAME, &backend::device());
+        println!(
+            "{}",
+            serde_json::to_string(&result).map_err(|e| e.to_string())?
+        );
+    }
     Ok(())
 }
 

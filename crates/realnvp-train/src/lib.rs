@@ -10,6 +10,7 @@
 //! A run directory holds `config.toml` (the resolved configuration), `model.toml`,
 //! `metrics.jsonl`, `learning-curves.png`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
