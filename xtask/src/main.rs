@@ -76,6 +76,9 @@ struct BenchArgs {
     /// Python interpreter with torch installed: also run the PyTorch reference.
     #[arg(long)]
     torch: Option<PathBuf>,
+    /// Only the PyTorch reference (with --torch), no Rust backend.
+    #[arg(long, requires = "torch")]
+    torch_only: bool,
     /// The PyTorch reference script (`torch_realnvp.py`, its `speed` command).
     #[arg(long, default_value = "../shared/bench/torch_realnvp.py")]
     torch_script: PathBuf,
@@ -271,7 +274,8 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
             .ok_or_else(|| format!("not a JSON object: {trimmed}"))?;
         Ok(format!("{{\"commit\":\"{commit}\",{body}}}"))
     };
-    for backend in &args.backends {
+    let backends: &[Backend] = if args.torch_only { &[] } else { &args.backends };
+    for backend in backends {
         let feature = backend.feature();
         eprintln!("xtask: building realnvp with --features {feature}");
         cargo(&[

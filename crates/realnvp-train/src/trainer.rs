@@ -283,11 +283,15 @@ pub fn train<B: AutodiffBackend>(
                     .map(|b| format!(" | test {b:.3}"))
                     .unwrap_or_default()
             ));
-            if progress.is_hidden() && evaluate_now {
+            // Without a terminal (nohup, CI, a pipe) the bar is hidden: a plain line per
+            // logged step instead.
+            if progress.is_hidden() && options.progress {
                 eprintln!(
-                    "step {}: train {train_bpd:.4} bits/dim, test {:.4} bits/dim, {last_rate:.1} img/s",
+                    "step {}: train {train_bpd:.4} bits/dim{}, {last_rate:.1} img/s",
                     state.step,
-                    test_bpd.unwrap_or(f64::NAN)
+                    test_bpd
+                        .map(|b| format!(", test {b:.4} bits/dim"))
+                        .unwrap_or_default()
                 );
             }
             (window_bpd, window_n, window_start) = (0.0, 0, Instant::now());
