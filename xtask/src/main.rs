@@ -203,18 +203,7 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
             }
         ));
     }
-    let feature = args.backend.feature();
-    eprintln!("xtask: building realnvp with --features {feature}");
-    cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "realnvp-cli",
-        "--no-default-features",
-        "--features",
-        feature,
-    ])?;
-    let binary = Path::new("target/release/realnvp");
+    let binary = build_cli(args.backend)?;
     let mut command = Command::new(binary);
     command
         .args(["train", "--config", data.config, "--set"])
@@ -277,17 +266,7 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     let backends: &[Backend] = if args.torch_only { &[] } else { &args.backends };
     for backend in backends {
         let feature = backend.feature();
-        eprintln!("xtask: building realnvp with --features {feature}");
-        cargo(&[
-            "build",
-            "--release",
-            "--package",
-            "realnvp-cli",
-            "--no-default-features",
-            "--features",
-            feature,
-        ])?;
-        let output = Command::new("target/release/realnvp")
+        let output = Command::new(build_cli(*backend)?)
             .args(["bench", "--models", &args.models])
             .args(["--repeats", &args.repeats.to_string()])
             .args(["--iterations", &args.iterations.to_string()])
@@ -363,6 +342,22 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Builds the `realnvp` CLI in release mode with `backend` alone and returns its path.
+fn build_cli(backend: Backend) -> Result<&'static Path, String> {
+    let feature = backend.feature();
+    eprintln!("xtask: building realnvp with --features {feature}");
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "realnvp-cli",
+        "--no-default-features",
+        "--features",
+        feature,
+    ])?;
+    Ok(Path::new("target/release/realnvp"))
 }
 
 /// Runs `cargo` (the one running this xtask) with `args`, failing on a non-zero exit.
