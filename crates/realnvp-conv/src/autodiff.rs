@@ -1,0 +1,120 @@
+//! `ConvBackend` for Burn's autodiff backend: the forward runs on the inner backend and the
+//! backward step calls the inner backend's `conv3x3_backward`.
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorMetadata;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::{Autodiff, NodeId};
+
+use crate::ConvBackend;
+
+/// The backward step of `conv3x3` without bias; parents `[x, weight]`.
+#[derive(Debug)]
+struct Conv3x3;
+
+/// The backward step of `conv3x3` with bias; parents `[x, weight, bias]`.
+#[derive(Debug)]
+struct Conv3x3Bias;
+
+/// Gradients of `x` and `weight` from the checkpointed inputs, registered for the parents
+/// that need them (only the ones that do are computed, as a pair when both are needed).
+fn register_input_grads<B: ConvBackend>(
+    parents: [Option<NodeId>; 2],
+    state: (NodeId, NodeId),
+    grad: FloatTensor<B>,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) {
+    let [node_x, node_weight] = parents;
+    if node_x.is_none() && node_weight.is_none() {
+        return;
+    }
+    let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.0);
+    let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.1);
+    let (x_grad, weight_grad) = B::conv3x3_backward(x, weight, grad);
+    if let Some(id) = node_x {
+        grads.register::<B>(id, x_grad);
+    }
+    if let Some(id) = node_weight {
+        grads.register::<B>(id, weight_grad);
+    }
+}
+
+impl<B: ConvBackend> Backward<B, 2> for Conv3x3 {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ckp: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x, weight] = ops
+            .parents
+            .each_ref()
+            .map(|node| node.as_ref().map(|n| n.id));
+        register_input_grads::<B>([x, weight], ops.state, grad, grads, ckp);
+    }
+}
+
+impl<B: ConvBackend> Backward<B, 3> for Conv3x3Bias {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, ckp: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x, weight, bias] = ops
+            .parents
+            .each_ref()
+            .map(|node| node.as_ref().map(|n| n.id));
+        if let Some(id) = bias {
+            // d/dbias[o] = sum over batch and pixels of the output gradient.
+            let [n, out, h, w] = grad.shape().dims();
+            let flat = B::float_reshape(
+                B::float_swap_dims(grad.clone(), 0, 1),
+                [out, n * h * w].into(),
+            );
+            let bias_grad = B::float_reshape(B::float_sum_dim(flat, 1), [out].into());
+            grads.register::<B>(id, bias_grad);
+        }
+        register_input_grads::<B>([x, weight], ops.state, grad, grads, ckp);
+    }
+}
+
+impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        match bias {
+            Some(bias) => match Conv3x3Bias
+                .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                    let output = B::conv3x3(x.primitive, weight.primitive, Some(bias.primitive));
+                    prep.finish(state, output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::conv3x3(
+                    x.primitive,
+                    weight.primitive,
+                    Some(bias.primitive),
+                )),
+            },
+            None => match Conv3x3
+                .prepare::<C>([x.node.clone(), weight.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                    prep.finish(state, B::conv3x3(x.primitive, weight.primitive, None))
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(B::conv3x3(x.primitive, weight.primitive, None))
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The 3x3 same-padding convolution on the Flex CPU backend: im2col + GEMM (the `gemm`
+//! crate), forward and backward, for `f32` tensors (other dtypes use Burn's convolution).
+//!
+//! Per image, with `K = in * 9` and `P = height * width`:
+//! - forward: `y [out, P] = weight [out, K] x col(x) [K, P] (+ bias)`;
+//! - input gradient: the same 3x3 convolution of the output gradient with the weight
+//!   flipped in space and with `in` and `out` swapped (no transposed convolution);
+//! - weight gradient: `dW [out, K] += dy [out, P] x col(x)^T [P, K]`, summed over images.
+//!
+//! Images are split across rayon's threads; each GEMM runs on one thread unless there are
+//! fewer images than threads.
+
+use burn::tensor::ops::ModuleOps;
+use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
+use burn_flex::{Flex, FlexTensor, Layout};
+use rayon::prelude::*;
+
+use crate::ConvBackend;
+
+impl ConvBackend for Flex {
+    fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+        if !all_f32(&[Some(&x), Some(&weight), bias.as_ref()]) {
+            return Self::conv2d(x, weight, bias, crate::same_3x3());
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let [o, _, _, _] = weight.shape().dims();
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
+        let bias = bias.as_ref().map(f32s);
+        let y = forward(f32s(&x), f32s(&weight), bias, [n, c, h, w], o);
+        tensor(y, [n, o, h, w])
+    }
+
+    fn conv3x3_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        if !all_f32(&[Some(&x), Some(&weight), Some(&output_grad)]) {
+            let options = crate::same_3x3();
+            let x_grad = Self::conv2d_x_backward(
+                x.clone(),
+                weight.clone(),
+                output_grad.clone(),
+                options.clone(),
+            );
+            let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, options);
+            return (x_grad, weight_grad);
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let [o, _, _, _] = weight.shape().dims();
+        let (x, weight, grad) = (contiguous(x), contiguous(weight), contiguous(output_grad));
+        let (x, weight, grad) = (f32s(&x), f32s(&weight), f32s(&grad));
+
+        let flipped = flip_transpose(weight, o, c);
+        let x_grad = forward(grad, &flipped, None, [n, o, h, w], c);
+        let weight_grad = weight_gradient(x, grad, [n, c, h, w], o);
+        (
+            tensor(x_grad, [n, c, h, w]),
+            tensor(weight_grad, [o, c, 3, 3]),
+        )
+    }
+}
+
+fn all_f32(tensors: &[Option<&FlexTensor>]) -> bool {
+    tensors.iter().flatten().all(|t| t.dtype() == DType::F32)
+}
+
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("conv3x3: a contiguous f32 tensor after to_contiguous")
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::new(shape)),
+        DType::F32,
+    )
+}
+
+/// How a batch of `n` images is shared out: images in parallel with single-threaded GEMMs,
+/// or (fewer images than threads) one image at a time with a multi-threaded GEMM.
+fn gemm_parallelism(n: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if n >= threads {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    }
+}
+
+/// Writes the im2col matrix of one image `x [c, h, w]` into `col [c * 9, h * w]`: row
+/// `(ci, ky, kx)` holds `x[ci, y + ky - 1, x + kx - 1]` for every output pixel `(y, x)`,
+/// zero outside the image.
+pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32]) {
+    let p = h * w;
+    debug_assert_eq!(x.len(), c * p);
+    debug_assert_eq!(col.len(), c * 9 * p);
+    for (ci, plane) in x.chunks_exact(p).enumerate() {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &mut col[((ci * 3 + ky) * 3 + kx) * p..][..p];
+                for (y, dst) in row.chunks_exact_mut(w).enumerate() {
+                    let sy = y + ky;
+                    if sy == 0 || sy > h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(sy - 1) * w..sy * w];
+                    match kx {
+                        0 => {
+                            dst[0] = 0.0;
+                            dst[1..].copy_from_slice(&src[..w - 1]);
+                        }
+                        1 => dst.copy_from_slice(src),
+                        _ => {
+                            dst[..w - 1].copy_from_slice(&src[1..]);
+                            dst[w - 1] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The forward convolution of `x [n, c, h, w]` with `weight [o, c, 3, 3]` and an optional
+/// `bias [o]`: `[n, o, h, w]`.
+fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    [n, c, h, w]: [usize; 4],
+    o: usize,
+) -> Vec<f32> {
+    let (p, k) = (h * w, c * 9);
+    let mut y = vec![0.0f32; n * o * p];
+    if n == 0 || p == 0 {
+        return y;
+    }
+    let parallelism = gemm_parallelism(n);
+    y.par_chunks_mut(o * p)
+        .zip(x.par_chunks(c * p))
+        .for_each_init(
+            || vec![0.0f32; k * p],
+            |col, (y, x)| {
+                im2col(x, c, h, w, col);
+                if let Some(bias) = bias {
+                    for (row, b) in y.chunks_exact_mut(p).zip(bias) {
+                        row.fill(*b);
+                    }
+                }
+                // SAFETY: y is [o, p], weight [o, k], col [k, p], all row-major and in bounds.
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        p,
+                        k,
+                        y.as_mut_ptr(),
+                        1,
+                        p as isize,
+                        bias.is_some(),
+                        weight.as_ptr(),
+                        1,
+                        k as isize,
+                        col.as_ptr(),
+                        1,
+                        p as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            },
+        );
+    y
+}
+
+/// `weight [o, c, 3, 3]` flipped in both spatial axes with the channel axes swapped:
+/// `[c, o, 3, 3]`, the kernel whose forward convolution is the input gradient.
+fn flip_transpose(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut flipped = vec![0.0f32; weight.len()];
+    for oi in 0..o {
+        for ci in 0..c {
+            let src = &weight[(oi * c + ci) * 9..][..9];
+            let dst = &mut flipped[(ci * o + oi) * 9..][..9];
+            for (i, v) in src.iter().enumerate() {
+                dst[8 - i] = *v;
+            }
+        }
+    }
+    flipped
+}
+
+/// `dW [o, c, 3, 3] = sum_n dy_n [o, P] x col(x_n)^T [P, c * 9]`, each thread summing its own
+/// share of the batch before the shares are added.
+fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
+    let (p, k) = (h * w, c * 9);
+    if n == 0 || p == 0 {
+        return vec![0.0f32; o * k];
+    }
+    let threads = rayon::current_num_threads().min(n);
+    let per_thread = n.div_ceil(threads);
+    let parallelism = gemm_parallelism(n);
+    let partials: Vec<Vec<f32>> = (0..n.div_ceil(per_thread))
+        .into_par_iter()
+        .map(|share| {
+            let mut dw = vec![0.0f32; o * k];
+            let mut col = vec![0.0f32; k * p];
+            let images = share * per_thread..((share + 1) * per_thread).min(n);
+            for (i, image) in images.enumerate() {
+                im2col(&x[image * c * p..][..c * p], c, h, w, &mut col);
+                let dy = &grad[image * o * p..][..o * p];
+                // SAFETY: dw is [o, k]; dy [o, p]; col [k, p] read as its transpose [p, k].
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        k,
+                        p,
+                        dw.as_mut_ptr(),
+                        1,
+                        k as isize,
+                        i > 0,
+                        dy.as_ptr(),
+                        1,
+                        p as isize,
+                        col.as_ptr(),
+                        p as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().expect("at least one share of the batch");
+    for part in partials {
+        total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn im2col_rows_are_shifted_zero_padded_planes() {
+        // One 3x4 channel holding 1..=12.
+        let x: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+        let mut col = vec![f32::NAN; 9 * 12];
+        im2col(&x, 1, 3, 4, &mut col);
+        let row = |ky: usize, kx: usize| col[(ky * 3 + kx) * 12..][..12].to_vec();
+        assert_eq!(row(1, 1), x, "the centre tap is the image itself");
+        #[rustfmt::skip]
+        let up_left = vec![0., 0., 0., 0.,  0., 1., 2., 3.,  0., 5., 6., 7.];
+        assert_eq!(
+            row(0, 0),
+            up_left,
+            "tap (-1, -1) reads the pixel above-left"
+        );
+        #[rustfmt::skip]
+        let down_right = vec![6., 7., 8., 0.,  10., 11., 12., 0.,  0., 0., 0., 0.];
+        assert_eq!(
+            row(2, 2),
+            down_right,
+            "tap (+1, +1) reads the pixel below-right"
+        );
+    }
+
+    #[test]
+    fn matches_burn_conv_on_flex() {
+        // Several images per thread, one image (multi-threaded GEMM), odd sizes, 1-pixel
+        // and 1-channel edge cases, with and without bias.
+        crate::tests::matches_burn_conv::<Flex>([5, 3, 7, 6], 4, true);
+        crate::tests::matches_burn_conv::<Flex>([1, 8, 5, 5], 6, true);
+        crate::tests::matches_burn_conv::<Flex>([4, 16, 14, 14], 16, false);
+        crate::tests::matches_burn_conv::<Flex>([3, 1, 1, 1], 2, true);
+        crate::tests::matches_burn_conv::<Flex>([2, 2, 9, 1], 3, true);
+    }
+
+    #[test]
+    fn non_contiguous_inputs_are_read_in_logical_order() {
+        use burn::tensor::{Distribution, Tensor};
+        let device = Default::default();
+        // Strided views: x [2, 3, 4, 5] with its spatial axes swapped, and the weight
+        // with its channel axes swapped ([3, 4, 3, 3] read as [4, 3, 3, 3]).
+        let x = Tensor::<Flex, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device)
+            .swap_dims(2, 3);
+        let weight =
+            Tensor::<Flex, 4>::random([3, 4, 3, 3], Distribution::Default, &device).swap_dims(0, 1);
+        let ours = crate::conv3x3(x.clone(), weight.clone(), None);
+        let theirs = burn::tensor::module::conv2d(x, weight, None, crate::same_3x3());
+        assert_eq!(ours.dims(), [2, 4, 5, 4]);
+        let worst = (ours - theirs).abs().max().into_scalar();
+        assert!(worst < 1e-4, "largest difference {worst}");
+    }
+}

@@ -1,0 +1,168 @@
+//! The 3x3, stride-1, same-padding convolution that Real NVP's coupling networks are made
+//! of, as a Burn backend extension.
+//!
+//! [`ConvBackend`] has one forward and one backward operation. Their default bodies are
+//! Burn's own `conv2d` and its backward, so any backend can implement the trait with an
+//! empty `impl` block; the Flex CPU backend (feature `flex`) overrides both with an
+//! im2col + GEMM kernel that runs the backward pass as two more GEMMs instead of Burn's
+//! transposed convolution. [`Autodiff`](burn_autodiff::Autodiff) over a `ConvBackend` is a
+//! `ConvBackend` whose backward step calls the inner backend's [`ConvBackend::conv3x3_backward`],
+//! so training uses the fast kernel too. Model code calls [`conv3x3`] and stays generic.
+
+mod autodiff;
+mod backends;
+#[cfg(feature = "flex")]
+pub mod flex;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// The options of a 3x3 convolution with stride 1 and padding 1 (output size = input size).
+pub fn same_3x3() -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
+}
+
+/// A backend with a 3x3 same-padding convolution, forward and backward.
+///
+/// Shapes: input `x` is `[batch, in, height, width]`, `weight` is `[out, in, 3, 3]`, `bias`
+/// is `[out]`, the output and its gradient are `[batch, out, height, width]`.
+pub trait ConvBackend: Backend {
+    /// The convolution `y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]` (cross-correlation,
+    /// zero padding of one pixel), `[batch, out, height, width]`.
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, bias, same_3x3())
+    }
+
+    /// The gradients `(d/dx, d/dweight)` of `sum(output_grad * conv3x3(x, weight))`, shaped
+    /// like `x` and `weight`. The bias gradient is the sum of `output_grad` over batch and
+    /// pixels and is not computed here.
+    fn conv3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let x_grad =
+            Self::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), same_3x3());
+        let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, same_3x3());
+        (x_grad, weight_grad)
+    }
+}
+
+/// 3x3 same-padding convolution of `x` (`[batch, in, h, w]`) with `weight` (`[out, in, 3, 3]`)
+/// and an optional `bias` (`[out]`): `[batch, out, h, w]`, the same values as
+/// `burn::tensor::module::conv2d` with stride 1 and padding 1, on the backend's own kernel.
+///
+/// # Panics
+/// If `weight` is not `[out, in, 3, 3]` with `in` the channels of `x`, or `bias` is not `[out]`.
+pub fn conv3x3<B: ConvBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 4> {
+    let [_, channels, _, _] = x.dims();
+    let [out, channels_w, kh, kw] = weight.dims();
+    assert!(
+        channels_w == channels && kh == 3 && kw == 3,
+        "conv3x3: weight must be [out, {channels}, 3, 3], got {:?}",
+        weight.dims()
+    );
+    if let Some(bias) = &bias {
+        assert_eq!(
+            bias.dims(),
+            [out],
+            "conv3x3: bias must be [{out}], got {:?}",
+            bias.dims()
+        );
+    }
+    let output = B::conv3x3(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+#[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
+pub(crate) mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, ElementConversion};
+
+    /// Checks `conv3x3` on `B` against Burn's `conv2d` on the same backend: values and both
+    /// gradients (through `Autodiff<B>`), within 1e-4 relative to each tensor's scale.
+    pub fn matches_burn_conv<B: ConvBackend>(shape: [usize; 4], out: usize, bias: bool) {
+        use burn::tensor::module::conv2d;
+        use burn_autodiff::Autodiff;
+        type A<B> = Autodiff<B>;
+        let device = Default::default();
+        let [n, c, h, w] = shape;
+        let x = Tensor::<A<B>, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let weight =
+            Tensor::<A<B>, 4>::random([out, c, 3, 3], Distribution::Normal(0.0, 0.3), &device)
+                .require_grad();
+        let b = bias.then(|| {
+            Tensor::<A<B>, 1>::random([out], Distribution::Normal(0.0, 1.0), &device).require_grad()
+        });
+        // A fixed, non-constant upstream gradient.
+        let probe =
+            Tensor::<A<B>, 4>::random([n, out, h, w], Distribution::Normal(0.0, 1.0), &device);
+
+        let ours = conv3x3(x.clone(), weight.clone(), b.clone());
+        let theirs = conv2d(x.clone(), weight.clone(), b.clone(), same_3x3());
+        assert_close(ours.clone().inner(), theirs.clone().inner(), "output");
+
+        let grads_ours = (ours * probe.clone()).sum().backward();
+        let grads_theirs = (theirs * probe).sum().backward();
+        assert_close(
+            x.grad(&grads_ours).unwrap(),
+            x.grad(&grads_theirs).unwrap(),
+            "input gradient",
+        );
+        assert_close(
+            weight.grad(&grads_ours).unwrap(),
+            weight.grad(&grads_theirs).unwrap(),
+            "weight gradient",
+        );
+        if let Some(b) = b {
+            assert_close(
+                b.grad(&grads_ours).unwrap(),
+                b.grad(&grads_theirs).unwrap(),
+                "bias gradient",
+            );
+        }
+    }
+
+    fn assert_close<B: Backend, const D: usize>(
+        ours: Tensor<B, D>,
+        theirs: Tensor<B, D>,
+        what: &str,
+    ) {
+        let scale = theirs
+            .clone()
+            .abs()
+            .max()
+            .into_scalar()
+            .elem::<f32>()
+            .max(1.0);
+        let worst = (ours - theirs).abs().max().into_scalar().elem::<f32>();
+        assert!(
+            worst <= 1e-4 * scale,
+            "{what}: largest difference {worst} exceeds 1e-4 x {scale}"
+        );
+    }
+
+    /// The trait's default bodies (Burn's conv2d and its backward) behind the autodiff
+    /// wrapper's own backward step.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn default_bodies_match_burn_conv_on_ndarray() {
+        use burn_ndarray::NdArray;
+        matches_burn_conv::<NdArray>([3, 2, 5, 4], 3, true);
+        matches_burn_conv::<NdArray<f64>>([2, 3, 4, 4], 2, false);
+    }
+}
