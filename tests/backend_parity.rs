@@ -13,7 +13,9 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use realnvp_core::testing::{max_abs_diff, perturb, values};
-use realnvp_core::{Dequantization, Latents, PreprocessConfig, RealNvp, RealNvpConfig};
+use realnvp_core::{
+    AutodiffConvBackend, Dequantization, Latents, PreprocessConfig, RealNvp, RealNvpConfig,
+};
 use realnvp_tests::transfer;
 #[cfg(feature = "wgpu")]
 use realnvp_tests::wgpu_required;
@@ -60,7 +62,7 @@ fn pixels<B: Backend>(device: &B::Device) -> Tensor<B, 4> {
 
 /// Values of every parameter's gradient of the training loss (mean bits/dim of a batch
 /// in training mode plus the scale penalty), in the model's parameter order.
-fn parameter_gradients<B: AutodiffBackend>(
+fn parameter_gradients<B: AutodiffConvBackend>(
     model: &RealNvp<B>,
     x: Tensor<B, 4>,
 ) -> Vec<(String, Vec<f64>)> {
@@ -100,7 +102,7 @@ fn relative_l2(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Compares the model on Flex with the same model on backend `G`, named `name`.
-fn check_parity<G: AutodiffBackend>(name: &str, gpu: &G::Device) {
+fn check_parity<G: AutodiffConvBackend>(name: &str, gpu: &G::Device) {
     let cpu = Default::default();
 
     // Populate the running statistics with a few training-mode passes, then perturb every

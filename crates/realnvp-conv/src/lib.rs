@@ -14,7 +14,7 @@ mod backends;
 #[cfg(feature = "flex")]
 pub mod flex;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorPrimitive};
 
@@ -51,6 +51,17 @@ pub trait ConvBackend: Backend {
         let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, same_3x3());
         (x_grad, weight_grad)
     }
+}
+
+/// An autodiff backend whose inner backend has the convolution too: what training needs
+/// (the model runs on the autodiff backend, evaluation on its inner backend).
+pub trait AutodiffConvBackend: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend {}
+
+impl<B> AutodiffConvBackend for B
+where
+    B: AutodiffBackend + ConvBackend,
+    B::InnerBackend: ConvBackend,
+{
 }
 
 /// 3x3 same-padding convolution of `x` (`[batch, in, h, w]`) with `weight` (`[out, in, 3, 3]`)

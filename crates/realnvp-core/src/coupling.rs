@@ -95,7 +95,7 @@ mod tests {
         Mask::Channel { parity: 1 },
     ];
 
-    fn coupling<B: Backend>(
+    fn coupling<B: crate::ConvBackend>(
         mask: Mask,
         channels: usize,
         seed: u64,

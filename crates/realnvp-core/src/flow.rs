@@ -12,6 +12,7 @@ use crate::error::ConfigError;
 use crate::model::{RealNvp, RealNvpConfig};
 use crate::preprocess::Dequantization;
 use crate::vector::{VectorRealNvp, VectorRealNvpConfig};
+use realnvp_conv::ConvBackend;
 
 /// Configuration of either model kind; in TOML, `kind = "image"` or `kind = "vector"`
 /// beside the model's own keys.
@@ -26,7 +27,7 @@ pub enum FlowConfig {
 
 impl FlowConfig {
     /// Validates and builds a freshly initialised model.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Flow<B>, ConfigError> {
+    pub fn init<B: ConvBackend>(&self, device: &B::Device) -> Result<Flow<B>, ConfigError> {
         Ok(match self {
             FlowConfig::Image(c) => Flow::Image(c.init(device)?),
             FlowConfig::Vector(c) => Flow::Vector(c.init(device)?),
@@ -81,7 +82,7 @@ pub enum Flow<B: Backend> {
     Vector(VectorRealNvp<B>),
 }
 
-impl<B: Backend> Flow<B> {
+impl<B: ConvBackend> Flow<B> {
     /// Bits/dim per example, shape `[batch]`: for images those of the integer pixels
     /// (dequantisation and logit included); for vectors `-log p(x) / (D ln 2)` of the
     /// continuous density, which can be negative.
@@ -202,7 +203,7 @@ pub fn read_export_config(dir: &Path) -> Result<FlowConfig, ExportError> {
 }
 
 /// Loads a model written by [`export_model`] onto `device`, with nothing but this crate.
-pub fn load_model<B: Backend>(
+pub fn load_model<B: ConvBackend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(Flow<B>, FlowConfig), ExportError> {

@@ -56,6 +56,9 @@ pub use error::ConfigError;
 pub use flow::{export_model, load_model, ExportError, Flow, FlowBatch, FlowConfig};
 pub use model::{Latents, RealNvp, RealNvpConfig};
 pub use preprocess::{Dequantization, Preprocess, PreprocessConfig};
+/// The backends a Real NVP model runs on: any Burn backend with the 3x3 convolution of
+/// [`realnvp_conv`] (Flex, NdArray, wgpu, CUDA and `Autodiff` over any of them).
+pub use realnvp_conv::{AutodiffConvBackend, ConvBackend};
 pub use vector::{VectorRealNvp, VectorRealNvpConfig};
 
 /// The L2 penalty coefficient on the coupling scales used in the paper.

@@ -11,6 +11,7 @@ use crate::error::ConfigError;
 use crate::multiscale::{Scale, ScaleSpec};
 use crate::preprocess::{Dequantization, Preprocess, PreprocessConfig};
 use crate::prior::{standard_normal_log_prob, standard_normal_sample};
+use realnvp_conv::ConvBackend;
 
 /// Configuration of an image Real NVP; the model is built from it with
 /// [`RealNvpConfig::init`]. Defaults: the paper's 32x32 model (4 residual blocks, 32
@@ -118,7 +119,7 @@ impl RealNvpConfig {
     }
 
     /// Validates the configuration and builds a freshly initialised model.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<RealNvp<B>, ConfigError> {
+    pub fn init<B: ConvBackend>(&self, device: &B::Device) -> Result<RealNvp<B>, ConfigError> {
         self.validate()?;
         let preprocess = self.preprocess.init()?;
         let momentum = self.batch_norm.then_some(self.batch_norm_momentum);
@@ -241,7 +242,7 @@ pub struct RealNvp<B: Backend> {
     config: RealNvpConfig,
 }
 
-impl<B: Backend> RealNvp<B> {
+impl<B: ConvBackend> RealNvp<B> {
     /// The configuration this model was built from.
     pub fn config(&self) -> &RealNvpConfig {
         &self.config
@@ -512,7 +513,7 @@ mod tests {
         }
     }
 
-    fn model<B: Backend>(config: &RealNvpConfig, seed: u64) -> RealNvp<B> {
+    fn model<B: crate::ConvBackend>(config: &RealNvpConfig, seed: u64) -> RealNvp<B> {
         B::seed(&Default::default(), seed);
         let model = config.init::<B>(&Default::default()).expect("valid config");
         perturb(model, 0.05, seed)

@@ -9,6 +9,7 @@ use crate::mask::Mask;
 use crate::resnet::ResNet;
 use crate::squeeze::{squeeze, unsqueeze};
 use crate::step::FlowStep;
+use realnvp_conv::ConvBackend;
 
 /// A flow step of the image model.
 pub type ImageStep<B> = FlowStep<B, ResNet<B>>;
@@ -49,7 +50,7 @@ pub struct ScaleOutput<B: Backend> {
     pub log_det: Tensor<B, 1>,
 }
 
-impl<B: Backend> Scale<B> {
+impl<B: ConvBackend> Scale<B> {
     /// Builds a scale from its settings.
     pub fn new(spec: ScaleSpec, device: &B::Device) -> Self {
         let c = spec.channels;

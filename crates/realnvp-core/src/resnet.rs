@@ -9,6 +9,7 @@ use burn::tensor::{activation::relu, backend::Backend, Tensor};
 use crate::channel_norm::ChannelNorm;
 use crate::coupling::CouplingNet;
 use crate::weight_norm::WeightNormConv2d;
+use realnvp_conv::{conv3x3, ConvBackend};
 
 /// A pre-activation residual block: `x + conv(relu(bn(conv(relu(bn(x))))))`.
 #[derive(Module, Debug)]
@@ -19,7 +20,7 @@ pub struct ResidualBlock<B: Backend> {
     conv2: WeightNormConv2d<B>,
 }
 
-impl<B: Backend> ResidualBlock<B> {
+impl<B: ConvBackend> ResidualBlock<B> {
     /// A block on `features` feature maps.
     pub fn new(features: usize, device: &B::Device) -> Self {
         Self {
@@ -51,7 +52,7 @@ pub struct ResNet<B: Backend> {
     output: Conv2d<B>,
 }
 
-impl<B: Backend> ResNet<B> {
+impl<B: ConvBackend> ResNet<B> {
     /// `channels_in` conditioning channels (the mask channel is added here), `channels_out`
     /// changed channels, `blocks` residual blocks of `features` feature maps.
     pub fn new(
@@ -76,13 +77,17 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
-impl<B: Backend> CouplingNet<B, 4> for ResNet<B> {
+impl<B: ConvBackend> CouplingNet<B, 4> for ResNet<B> {
     fn forward(&self, input: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let h = self
             .blocks
             .iter()
             .fold(self.input.forward(input), |h, block| block.forward(h));
-        let out = self.output.forward(relu(self.norm.forward(h)));
+        let out = conv3x3(
+            relu(self.norm.forward(h)),
+            self.output.weight.val(),
+            self.output.bias.as_ref().map(|bias| bias.val()),
+        );
         let changed = out.dims()[1] / 2;
         (
             out.clone().narrow(1, 0, changed),

@@ -3,6 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{backend::Backend, module::conv2d, ops::ConvOptions, Tensor};
+use realnvp_conv::{conv3x3, ConvBackend};
 
 /// A 3x3 (or any odd `k x k`) stride-1 "same" convolution whose weight is
 /// `w = g * v / ||v||`, the norm taken per output channel over `[in, k, k]`.
@@ -17,7 +18,7 @@ pub struct WeightNormConv2d<B: Backend> {
     kernel: usize,
 }
 
-impl<B: Backend> WeightNormConv2d<B> {
+impl<B: ConvBackend> WeightNormConv2d<B> {
     /// A `channels_in -> channels_out` convolution with a `kernel x kernel` window,
     /// initialised so that `w = v` (Kaiming-uniform `v`, `g = ||v||`) and zero bias.
     pub fn new(channels_in: usize, channels_out: usize, kernel: usize, device: &B::Device) -> Self {
@@ -49,8 +50,12 @@ impl<B: Backend> WeightNormConv2d<B> {
         v * scale.reshape([out, 1, 1, 1])
     }
 
-    /// `[batch, in, h, w] -> [batch, out, h, w]`.
+    /// `[batch, in, h, w] -> [batch, out, h, w]`. 3x3 windows run on the backend's
+    /// [`conv3x3`] kernel, other sizes on Burn's `conv2d`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.kernel == 3 {
+            return conv3x3(x, self.weight(), Some(self.bias.val()));
+        }
         let pad = self.kernel / 2;
         conv2d(
             x,

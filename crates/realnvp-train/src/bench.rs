@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use realnvp_core::{Dequantization, RealNvp, RealNvpConfig, PAPER_SCALE_PENALTY};
+use realnvp_core::{
+    AutodiffConvBackend, Dequantization, RealNvp, RealNvpConfig, PAPER_SCALE_PENALTY,
+};
 use serde::Serialize;
 
 /// The benchmarked architectures, those of the PyTorch reference's comparisons.
@@ -109,7 +111,7 @@ pub struct BenchResult {
 
 /// Measures `model` on backend `B` (an autodiff backend; evaluation and sampling run on
 /// its inner backend, as in the trainer).
-pub fn benchmark<B: AutodiffBackend>(
+pub fn benchmark<B: AutodiffConvBackend>(
     model: BenchModel,
     settings: BenchSettings,
     backend: &str,

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
-use realnvp_core::{Dequantization, Flow, FlowBatch};
+use realnvp_core::{ConvBackend, Dequantization, Flow, FlowBatch};
 use realnvp_data::loader::{eval_batches, Fetch, ImageSource, VectorArray};
 use realnvp_data::ImageArray;
 
@@ -34,7 +33,7 @@ pub enum Split {
 /// Evaluates `model` (evaluation mode: use a non-autodiff backend) on up to `limit`
 /// examples of `split`, in batches of `batch_size`. The dequantisation noise is seeded
 /// with `seed`, so the figure is reproducible.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: ConvBackend>(
     model: &Flow<B>,
     splits: &Splits,
     split: Split,
@@ -70,7 +69,7 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Sum of the bits/dim of the first `limit` examples of `source`, and their number.
-fn sum_bits_per_dim<B: Backend, S: Fetch>(
+fn sum_bits_per_dim<B: ConvBackend, S: Fetch>(
     model: &Flow<B>,
     source: &S,
     limit: Option<usize>,
@@ -108,7 +107,7 @@ pub struct Classification {
 /// Classifies every example of `split` (up to `limit`) by Bayes' rule with equal class
 /// priors, `argmax_k log p(x | k)`, pixels dequantised to the centres of their bins.
 /// Errors unless `model` is a class-conditional image model and the split is labelled.
-pub fn classify<B: Backend>(
+pub fn classify<B: ConvBackend>(
     model: &Flow<B>,
     splits: &Splits,
     split: Split,
@@ -197,7 +196,7 @@ impl<E: burn::tensor::ElementConversion> ElemF64 for E {
 
 /// Draws `n` samples at `temperature` (seeded) and writes them to `path` as PNG: an image
 /// grid for image models, a 2-D histogram for 2-D vector models.
-pub fn write_samples<B: Backend>(
+pub fn write_samples<B: ConvBackend>(
     model: &Flow<B>,
     path: &Path,
     n: usize,

@@ -13,7 +13,9 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
-use realnvp_core::{export_model, Dequantization, Flow, FlowBatch, FlowConfig};
+use realnvp_core::{
+    export_model, AutodiffConvBackend, ConvBackend, Dequantization, Flow, FlowBatch, FlowConfig,
+};
 use realnvp_data::loader::{StreamConfig, StreamPosition, TrainStream};
 use serde::Serialize;
 
@@ -72,7 +74,7 @@ struct MetricsLine {
 }
 
 /// Trains (or resumes) the run described by `config` in `options.run_dir`.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffConvBackend>(
     config: &RunConfig,
     options: &TrainOptions,
     device: &B::Device,
@@ -385,7 +387,7 @@ const EMA: &str = "ema";
 
 /// Evaluates on (the first `limit` examples of) the test split, draws the step's sample
 /// grid and records the best held-out bits/dim.
-fn evaluate_and_draw<B: Backend>(
+fn evaluate_and_draw<B: ConvBackend>(
     model: &Flow<B>,
     splits: &Splits,
     limit: Option<usize>,
@@ -623,7 +625,7 @@ pub fn run_config(run_dir: &Path) -> Result<RunConfig, TrainError> {
 
 /// The trained model of the run in `run_dir`, for inference: its `export/` when the run
 /// finished, else the newest intact checkpoint (averaged weights when kept).
-pub fn load_run_model<B: Backend>(
+pub fn load_run_model<B: ConvBackend>(
     run_dir: &Path,
     device: &B::Device,
 ) -> Result<(Flow<B>, FlowConfig), TrainError> {
