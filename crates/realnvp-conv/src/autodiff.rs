@@ -66,13 +66,12 @@ impl<B: ConvBackend> Backward<B, 3> for Conv3x3Bias {
             .each_ref()
             .map(|node| node.as_ref().map(|n| n.id));
         if let Some(id) = bias {
-            // d/dbias[o] = sum over batch and pixels of the output gradient.
-            let [n, out, h, w] = grad.shape().dims();
-            let flat = B::float_reshape(
-                B::float_swap_dims(grad.clone(), 0, 1),
-                [out, n * h * w].into(),
-            );
-            let bias_grad = B::float_reshape(B::float_sum_dim(flat, 1), [out].into());
+            // d/dbias[o] = sum over batch and pixels of the output gradient (summing the
+            // batch first keeps every step on contiguous data: no copy).
+            let [_, out, h, w] = grad.shape().dims();
+            let per_pixel =
+                B::float_reshape(B::float_sum_dim(grad.clone(), 0), [out, h * w].into());
+            let bias_grad = B::float_reshape(B::float_sum_dim(per_pixel, 1), [out].into());
             grads.register::<B>(id, bias_grad);
         }
         register_input_grads::<B>([x, weight], ops.state, grad, grads, ckp);

@@ -7,8 +7,9 @@
 //!   flipped in space and with `in` and `out` swapped (no transposed convolution);
 //! - weight gradient: `dW [out, K] += dy [out, P] x col(x)^T [P, K]`, summed over images.
 //!
-//! Images are split across rayon's threads; each GEMM runs on one thread unless there are
-//! fewer images than threads.
+//! Small images are convolved a few at a time ([`GEMM_COLUMNS`]), their im2col matrices side
+//! by side, so that each GEMM is wide enough to run at full speed. Images are split across
+//! rayon's threads; each GEMM runs on one thread unless there are fewer images than threads.
 
 use burn::tensor::ops::ModuleOps;
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
@@ -97,36 +98,50 @@ fn gemm_parallelism(n: usize) -> gemm::Parallelism {
 /// `(ci, ky, kx)` holds `x[ci, y + ky - 1, x + kx - 1]` for every output pixel `(y, x)`,
 /// zero outside the image.
 pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32]) {
+    debug_assert_eq!(col.len(), c * 9 * h * w);
+    im2col_strided(x, c, h, w, col, h * w);
+}
+
+/// [`im2col`] with rows `stride` elements apart: row `r` is `col[r * stride..][..h * w]`, so
+/// that the matrices of several images can sit side by side in one `[c * 9, images * h * w]`.
+fn im2col_strided(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32], stride: usize) {
     let p = h * w;
     debug_assert_eq!(x.len(), c * p);
-    debug_assert_eq!(col.len(), c * 9 * p);
     for (ci, plane) in x.chunks_exact(p).enumerate() {
         for ky in 0..3 {
+            // Output rows whose source row y + ky - 1 lies inside the image.
+            let (first, last) = (usize::from(ky == 0), h - usize::from(ky == 2));
             for kx in 0..3 {
-                let row = &mut col[((ci * 3 + ky) * 3 + kx) * p..][..p];
-                for (y, dst) in row.chunks_exact_mut(w).enumerate() {
-                    let sy = y + ky;
-                    if sy == 0 || sy > h {
-                        dst.fill(0.0);
-                        continue;
+                let row = &mut col[((ci * 3 + ky) * 3 + kx) * stride..][..p];
+                row[..first * w].fill(0.0);
+                row[last * w..].fill(0.0);
+                if first >= last {
+                    continue;
+                }
+                // The whole band of rows is one shifted copy of the plane: output index
+                // y * w + x reads plane index (y + ky - 1) * w + (x + kx - 1); the pixels that
+                // wrapped across a row edge are zeroed after.
+                let dst = &mut row[first * w..last * w];
+                let (start, len) = ((first + ky - 1) * w, (last - first) * w);
+                match kx {
+                    0 => {
+                        dst[1..].copy_from_slice(&plane[start..start + len - 1]);
+                        dst.iter_mut().step_by(w).for_each(|v| *v = 0.0);
                     }
-                    let src = &plane[(sy - 1) * w..sy * w];
-                    match kx {
-                        0 => {
-                            dst[0] = 0.0;
-                            dst[1..].copy_from_slice(&src[..w - 1]);
-                        }
-                        1 => dst.copy_from_slice(src),
-                        _ => {
-                            dst[..w - 1].copy_from_slice(&src[1..]);
-                            dst[w - 1] = 0.0;
-                        }
+                    1 => dst.copy_from_slice(&plane[start..start + len]),
+                    _ => {
+                        dst[..len - 1].copy_from_slice(&plane[start + 1..start + len]);
+                        dst.iter_mut().skip(w - 1).step_by(w).for_each(|v| *v = 0.0);
                     }
                 }
             }
         }
     }
 }
+
+/// Columns per forward GEMM: small images are convolved a few at a time, side by side in
+/// one im2col matrix, so that each GEMM is wide enough to run at full speed.
+const GEMM_COLUMNS: usize = 768;
 
 /// The forward convolution of `x [n, c, h, w]` with `weight [o, c, 3, 3]` and an optional
 /// `bias [o]`: `[n, o, h, w]`.
@@ -143,33 +158,45 @@ fn forward(
         return y;
     }
     let parallelism = gemm_parallelism(n);
-    y.par_chunks_mut(o * p)
-        .zip(x.par_chunks(c * p))
+    // Images per GEMM, keeping at least one group per thread.
+    let group = (GEMM_COLUMNS / p).clamp(1, (n / rayon::current_num_threads()).max(1));
+    y.par_chunks_mut(group * o * p)
+        .zip(x.par_chunks(group * c * p))
         .for_each_init(
-            || vec![0.0f32; k * p],
-            |col, (y, x)| {
-                im2col(x, c, h, w, col);
-                if let Some(bias) = bias {
-                    for (row, b) in y.chunks_exact_mut(p).zip(bias) {
-                        row.fill(*b);
-                    }
+            || (vec![0.0f32; k * group * p], Vec::new()),
+            |(col, wide), (y, x)| {
+                let cols = x.len() / c;
+                for (i, image) in x.chunks_exact(c * p).enumerate() {
+                    im2col_strided(image, c, h, w, &mut col[i * p..], cols);
                 }
-                // SAFETY: y is [o, p], weight [o, k], col [k, p], all row-major and in bounds.
+                let single = cols == p;
+                if single {
+                    if let Some(bias) = bias {
+                        for (row, b) in y.chunks_exact_mut(p).zip(bias) {
+                            row.fill(*b);
+                        }
+                    }
+                } else {
+                    wide.resize(o * cols, 0.0);
+                }
+                let dst = if single { &mut *y } else { &mut wide[..] };
+                // SAFETY: dst is [o, cols], weight [o, k], col [k, cols] (row stride cols), all
+                // row-major and in bounds.
                 unsafe {
                     gemm::gemm(
                         o,
-                        p,
+                        cols,
                         k,
-                        y.as_mut_ptr(),
+                        dst.as_mut_ptr(),
                         1,
-                        p as isize,
-                        bias.is_some(),
+                        cols as isize,
+                        single && bias.is_some(),
                         weight.as_ptr(),
                         1,
                         k as isize,
                         col.as_ptr(),
                         1,
-                        p as isize,
+                        cols as isize,
                         1.0,
                         1.0,
                         false,
@@ -177,6 +204,16 @@ fn forward(
                         false,
                         parallelism,
                     );
+                }
+                if !single {
+                    // [o, images, p] -> [images, o, p], adding the bias.
+                    for (i, image) in y.chunks_exact_mut(o * p).enumerate() {
+                        for (oi, row) in image.chunks_exact_mut(p).enumerate() {
+                            let b = bias.map_or(0.0, |b| b[oi]);
+                            let src = &wide[oi * cols + i * p..][..p];
+                            row.iter_mut().zip(src).for_each(|(v, s)| *v = s + b);
+                        }
+                    }
                 }
             },
         );
