@@ -139,6 +139,29 @@ fn im2col_strided(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32], stri
     }
 }
 
+std::thread_local! {
+    /// Per-thread im2col and GEMM-output buffers, kept between calls: a fresh multi-megabyte
+    /// buffer per call costs thousands of page faults while a training step's forward pass
+    /// holds on to every activation.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// Runs `work` with this thread's two scratch buffers resized to `lengths` (contents
+/// unspecified), or fresh ones if the thread's are already in use further up its stack.
+fn with_scratch<R>(lengths: [usize; 2], work: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let (a, b) = &mut *buffers;
+            a.resize(a.len().max(lengths[0]), 0.0);
+            b.resize(b.len().max(lengths[1]), 0.0);
+            work(&mut a[..lengths[0]], &mut b[..lengths[1]])
+        }
+        Err(_) => work(&mut vec![0.0; lengths[0]], &mut vec![0.0; lengths[1]]),
+    })
+}
+
 /// Columns per forward GEMM: small images are convolved a few at a time, side by side in
 /// one im2col matrix, so that each GEMM is wide enough to run at full speed.
 const GEMM_COLUMNS: usize = 768;
@@ -162,24 +185,22 @@ fn forward(
     let group = (GEMM_COLUMNS / p).clamp(1, (n / rayon::current_num_threads()).max(1));
     y.par_chunks_mut(group * o * p)
         .zip(x.par_chunks(group * c * p))
-        .for_each_init(
-            || (vec![0.0f32; k * group * p], Vec::new()),
-            |(col, wide), (y, x)| {
-                let cols = x.len() / c;
+        .for_each(|(y, x)| {
+            let cols = x.len() / c;
+            let single = cols == p;
+            let wide_len = if single { 0 } else { o * cols };
+            with_scratch([k * cols, wide_len], |col, wide| {
                 for (i, image) in x.chunks_exact(c * p).enumerate() {
                     im2col_strided(image, c, h, w, &mut col[i * p..], cols);
                 }
-                let single = cols == p;
                 if single {
                     if let Some(bias) = bias {
                         for (row, b) in y.chunks_exact_mut(p).zip(bias) {
                             row.fill(*b);
                         }
                     }
-                } else {
-                    wide.resize(o * cols, 0.0);
                 }
-                let dst = if single { &mut *y } else { &mut wide[..] };
+                let dst = if single { &mut *y } else { &mut *wide };
                 // SAFETY: dst is [o, cols], weight [o, k], col [k, cols] (row stride cols), all
                 // row-major and in bounds.
                 unsafe {
@@ -215,8 +236,8 @@ fn forward(
                         }
                     }
                 }
-            },
-        );
+            });
+        });
     y
 }
 
@@ -250,36 +271,37 @@ fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) 
         .into_par_iter()
         .map(|share| {
             let mut dw = vec![0.0f32; o * k];
-            let mut col = vec![0.0f32; k * p];
-            let images = share * per_thread..((share + 1) * per_thread).min(n);
-            for (i, image) in images.enumerate() {
-                im2col(&x[image * c * p..][..c * p], c, h, w, &mut col);
-                let dy = &grad[image * o * p..][..o * p];
-                // SAFETY: dw is [o, k]; dy [o, p]; col [k, p] read as its transpose [p, k].
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        k,
-                        p,
-                        dw.as_mut_ptr(),
-                        1,
-                        k as isize,
-                        i > 0,
-                        dy.as_ptr(),
-                        1,
-                        p as isize,
-                        col.as_ptr(),
-                        p as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
+            with_scratch([k * p, 0], |col, _| {
+                let images = share * per_thread..((share + 1) * per_thread).min(n);
+                for (i, image) in images.enumerate() {
+                    im2col(&x[image * c * p..][..c * p], c, h, w, col);
+                    let dy = &grad[image * o * p..][..o * p];
+                    // SAFETY: dw is [o, k]; dy [o, p]; col [k, p] read as its transpose [p, k].
+                    unsafe {
+                        gemm::gemm(
+                            o,
+                            k,
+                            p,
+                            dw.as_mut_ptr(),
+                            1,
+                            k as isize,
+                            i > 0,
+                            dy.as_ptr(),
+                            1,
+                            p as isize,
+                            col.as_ptr(),
+                            p as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            parallelism,
+                        );
+                    }
                 }
-            }
+            });
             dw
         })
         .collect();

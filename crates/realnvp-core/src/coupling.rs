@@ -5,7 +5,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::bijector::{sum_per_example, Bijector};
 use crate::channels::mul_channels;
-use crate::mask::Mask;
+use crate::mask::{Board, Mask};
 
 /// A network that computes a coupling layer's raw scale and shift from its conditioning
 /// input (as prepared by [`Mask::network_input`]).
@@ -53,30 +53,35 @@ impl<B: Backend, N> AffineCoupling<B, N> {
     fn scale_shift<const D: usize>(
         &self,
         conditioning: Tensor<B, D>,
+        board: &Board<B, D>,
     ) -> (Tensor<B, D>, Tensor<B, D>)
     where
         N: CouplingNet<B, D>,
     {
-        let (raw_scale, shift) = self.net.forward(self.mask.network_input(conditioning));
+        let (raw_scale, shift) = self
+            .net
+            .forward(self.mask.network_input(conditioning, board));
         let s = mul_channels(raw_scale.tanh(), self.scale.val());
         (
-            self.mask.restrict_to_changed(s),
-            self.mask.restrict_to_changed(shift),
+            self.mask.restrict_to_changed(s, board),
+            self.mask.restrict_to_changed(shift, board),
         )
     }
 }
 
 impl<B: Backend, N: CouplingNet<B, D>, const D: usize> Bijector<B, D> for AffineCoupling<B, N> {
     fn forward(&self, x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, 1>) {
-        let (conditioning, changed) = self.mask.split(x);
-        let (s, t) = self.scale_shift(conditioning.clone());
+        let board = self.mask.board(&x);
+        let (conditioning, changed) = self.mask.split(x, &board);
+        let (s, t) = self.scale_shift(conditioning.clone(), &board);
         let changed = changed * s.clone().exp() + t;
         (self.mask.join(conditioning, changed), sum_per_example(s))
     }
 
     fn inverse(&self, y: Tensor<B, D>) -> Tensor<B, D> {
-        let (conditioning, changed) = self.mask.split(y);
-        let (s, t) = self.scale_shift(conditioning.clone());
+        let board = self.mask.board(&y);
+        let (conditioning, changed) = self.mask.split(y, &board);
+        let (s, t) = self.scale_shift(conditioning.clone(), &board);
         let changed = (changed - t) * s.neg().exp();
         self.mask.join(conditioning, changed)
     }
@@ -176,8 +181,8 @@ mod tests {
             let layer = coupling::<Cpu>(mask, 4, 3);
             let x = uniform::<Cpu, 4>([2, 4, 4, 4], -2.0, 2.0, 9);
             let (y, _) = layer.forward(x.clone());
-            let (kept_x, _) = mask.split(x);
-            let (kept_y, _) = mask.split(y);
+            let (kept_x, _) = mask.split(x.clone(), &mask.board(&x));
+            let (kept_y, _) = mask.split(y.clone(), &mask.board(&y));
             assert_eq!(values(kept_x), values(kept_y), "{mask:?}");
         }
     }

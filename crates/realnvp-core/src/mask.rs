@@ -22,7 +22,33 @@ pub enum Mask {
     },
 }
 
+/// The mask tensors of one coupling call, built once from the input's size and shared by
+/// [`Mask::split`], [`Mask::network_input`] and [`Mask::restrict_to_changed`] (on a GPU
+/// backend each checkerboard is a host upload). Empty for channel masks.
+#[derive(Debug, Clone)]
+pub struct Board<B: Backend, const D: usize> {
+    /// `b`, `[1, 1, height, width]`: 1 on the entries the coupling keeps unchanged.
+    keep: Option<Tensor<B, D>>,
+}
+
 impl Mask {
+    /// The mask tensors for inputs shaped like `x` (only the size and device of `x` are read).
+    pub fn board<B: Backend, const D: usize>(&self, x: &Tensor<B, D>) -> Board<B, D> {
+        let keep = match *self {
+            Mask::Checkerboard { parity } => {
+                let dims = x.dims();
+                Some(Self::checkerboard(
+                    parity,
+                    dims[D - 2],
+                    dims[D - 1],
+                    &x.device(),
+                ))
+            }
+            Mask::Channel { .. } => None,
+        };
+        Board { keep }
+    }
+
     /// The checkerboard mask `b` as a `[1, 1, height, width]`-shaped tensor of rank `D`.
     pub fn checkerboard<B: Backend, const D: usize>(
         parity: usize,
@@ -63,10 +89,11 @@ impl Mask {
     pub fn split<B: Backend, const D: usize>(
         &self,
         x: Tensor<B, D>,
+        board: &Board<B, D>,
     ) -> (Tensor<B, D>, Tensor<B, D>) {
         match *self {
-            Mask::Checkerboard { parity } => {
-                let b = self.checkerboard_like(parity, &x);
+            Mask::Checkerboard { .. } => {
+                let b = board.keep.clone().expect("a checkerboard mask's board");
                 (mul_positions(x.clone(), b), x)
             }
             Mask::Channel { parity } => {
@@ -102,6 +129,7 @@ impl Mask {
     pub fn network_input<B: Backend, const D: usize>(
         &self,
         conditioning: Tensor<B, D>,
+        board: &Board<B, D>,
     ) -> Tensor<B, D> {
         if D != 4 {
             return conditioning;
@@ -113,7 +141,7 @@ impl Mask {
             conditioning.dims()[3],
         ];
         let mask_channel = match *self {
-            Mask::Checkerboard { parity } => self.checkerboard_like(parity, &conditioning),
+            Mask::Checkerboard { .. } => board.keep.clone().expect("a checkerboard mask's board"),
             Mask::Channel { .. } => {
                 let mut shape = [1; D];
                 shape[2] = height;
@@ -133,23 +161,16 @@ impl Mask {
     pub fn restrict_to_changed<B: Backend, const D: usize>(
         &self,
         st: Tensor<B, D>,
+        board: &Board<B, D>,
     ) -> Tensor<B, D> {
         match *self {
-            Mask::Checkerboard { parity } => {
-                let keep = self.checkerboard_like(1 - parity, &st);
-                mul_positions(st, keep)
+            Mask::Checkerboard { .. } => {
+                let keep = board.keep.clone().expect("a checkerboard mask's board");
+                // 1 - b, on the device.
+                mul_positions(st, keep.neg().add_scalar(1.0))
             }
             Mask::Channel { .. } => st,
         }
-    }
-
-    fn checkerboard_like<B: Backend, const D: usize>(
-        &self,
-        parity: usize,
-        x: &Tensor<B, D>,
-    ) -> Tensor<B, D> {
-        let dims = x.dims();
-        Self::checkerboard(parity, dims[D - 2], dims[D - 1], &x.device())
     }
 }
 
@@ -170,7 +191,7 @@ mod tests {
     fn split_then_join_restores_the_input() {
         let x = uniform::<Cpu, 4>([2, 5, 4, 4], -1.0, 1.0, 1);
         for mask in [Mask::Channel { parity: 0 }, Mask::Channel { parity: 1 }] {
-            let (a, b) = mask.split(x.clone());
+            let (a, b) = mask.split(x.clone(), &mask.board(&x));
             assert_eq!(a.dims()[1], mask.conditioning_channels(5));
             assert_eq!(b.dims()[1], mask.changed_channels(5));
             assert_eq!(values(mask.join(a, b)), values(x.clone()), "{mask:?}");
@@ -181,8 +202,9 @@ mod tests {
     fn network_input_carries_the_mask_as_a_channel() {
         let x = uniform::<Cpu, 4>([2, 3, 4, 4], 1.0, 2.0, 2);
         let mask = Mask::Checkerboard { parity: 0 };
-        let (conditioning, _) = mask.split(x);
-        let input = mask.network_input(conditioning);
+        let board = mask.board(&x);
+        let (conditioning, _) = mask.split(x, &board);
+        let input = mask.network_input(conditioning, &board);
         assert_eq!(input.dims(), [2, 4, 4, 4]);
         let last = values(input.narrow(1, 3, 1));
         let board = values(Mask::checkerboard::<Cpu, 4>(0, 4, 4, &Default::default()));

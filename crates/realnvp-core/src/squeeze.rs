@@ -93,7 +93,9 @@ mod tests {
                 &device,
             )
             .reshape([1, c, 4, 4]);
-            let (first_half, _) = Mask::Channel { parity: 0 }.split(squeeze(index));
+            let mask = Mask::Channel { parity: 0 };
+            let squeezed = squeeze(index);
+            let (first_half, _) = mask.split(squeezed.clone(), &mask.board(&squeezed));
             let mut conditioned: Vec<usize> =
                 values(first_half).iter().map(|&v| v as usize).collect();
             conditioned.sort_unstable();
