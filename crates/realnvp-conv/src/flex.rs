@@ -83,6 +83,83 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     )
 }
 
+/// A matrix read from a slice: element `(i, j)` at `i * row_stride + j * col_stride`.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// `values[..rows * cols]` as a row-major `[rows, cols]` matrix.
+    fn row_major(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        Matrix {
+            values,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// Whether every element lies inside `values` (and the matrix is not empty).
+    fn in_bounds(&self) -> bool {
+        self.rows > 0
+            && self.cols > 0
+            && (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.values.len()
+    }
+}
+
+/// `dst = lhs x rhs`, or `dst += lhs x rhs` when `accumulate`; `dst` is row-major
+/// `[lhs.rows, rhs.cols]`. The one place the `gemm` crate is called.
+///
+/// # Panics
+/// If the shapes disagree or a matrix reaches past its slice.
+fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Matrix,
+    rhs: Matrix,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    assert!(
+        rhs.rows == k && lhs.in_bounds() && rhs.in_bounds() && dst.len() >= m * n,
+        "matmul: [{m}, {k}] x [{}, {n}] into {} values",
+        rhs.rows,
+        dst.len()
+    );
+    // SAFETY: every element of lhs, rhs and the [m, n] row-major dst was checked above to
+    // lie inside its slice; dst does not alias the inputs (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.values.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// How a batch of `n` images is shared out: images in parallel with single-threaded GEMMs,
 /// or (fewer images than threads) one image at a time with a multi-threaded GEMM.
 fn gemm_parallelism(n: usize) -> gemm::Parallelism {
@@ -201,31 +278,9 @@ fn forward(
                     }
                 }
                 let dst = if single { &mut *y } else { &mut *wide };
-                // SAFETY: dst is [o, cols], weight [o, k], col [k, cols] (row stride cols), all
-                // row-major and in bounds.
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        cols,
-                        k,
-                        dst.as_mut_ptr(),
-                        1,
-                        cols as isize,
-                        single && bias.is_some(),
-                        weight.as_ptr(),
-                        1,
-                        k as isize,
-                        col.as_ptr(),
-                        1,
-                        cols as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
-                }
+                let lhs = Matrix::row_major(weight, o, k);
+                let rhs = Matrix::row_major(col, k, cols);
+                matmul(dst, single && bias.is_some(), lhs, rhs, parallelism);
                 if !single {
                     // [o, images, p] -> [images, o, p], adding the bias.
                     for (i, image) in y.chunks_exact_mut(o * p).enumerate() {
@@ -276,30 +331,21 @@ fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) 
                 for (i, image) in images.enumerate() {
                     im2col(&x[image * c * p..][..c * p], c, h, w, col);
                     let dy = &grad[image * o * p..][..o * p];
-                    // SAFETY: dw is [o, k]; dy [o, p]; col [k, p] read as its transpose [p, k].
-                    unsafe {
-                        gemm::gemm(
-                            o,
-                            k,
-                            p,
-                            dw.as_mut_ptr(),
-                            1,
-                            k as isize,
-                            i > 0,
-                            dy.as_ptr(),
-                            1,
-                            p as isize,
-                            col.as_ptr(),
-                            p as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            parallelism,
-                        );
-                    }
+                    // col [k, p] read as its transpose [p, k].
+                    let rhs = Matrix {
+                        values: col,
+                        rows: p,
+                        cols: k,
+                        row_stride: 1,
+                        col_stride: p,
+                    };
+                    matmul(
+                        &mut dw,
+                        i > 0,
+                        Matrix::row_major(dy, o, p),
+                        rhs,
+                        parallelism,
+                    );
                 }
             });
             dw
