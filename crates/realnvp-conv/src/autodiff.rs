@@ -20,7 +20,7 @@ struct Conv3x3;
 struct Conv3x3Bias;
 
 /// Gradients of `x` and `weight` from the checkpointed inputs, registered for the parents
-/// that need them (only the ones that do are computed, as a pair when both are needed).
+/// that need them (none computed when neither does; otherwise both, as one call).
 fn register_input_grads<B: ConvBackend>(
     parents: [Option<NodeId>; 2],
     state: (NodeId, NodeId),

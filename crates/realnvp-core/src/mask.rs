@@ -29,6 +29,8 @@ pub enum Mask {
 pub struct Board<B: Backend, const D: usize> {
     /// `b`, `[1, 1, height, width]`: 1 on the entries the coupling keeps unchanged.
     keep: Option<Tensor<B, D>>,
+    /// `1 - b`, the entries it changes.
+    change: Option<Tensor<B, D>>,
 }
 
 impl Mask {
@@ -46,7 +48,9 @@ impl Mask {
             }
             Mask::Channel { .. } => None,
         };
-        Board { keep }
+        // 1 - b, on the device.
+        let change = keep.clone().map(|b| b.neg().add_scalar(1.0));
+        Board { keep, change }
     }
 
     /// The checkerboard mask `b` as a `[1, 1, height, width]`-shaped tensor of rank `D`.
@@ -165,9 +169,8 @@ impl Mask {
     ) -> Tensor<B, D> {
         match *self {
             Mask::Checkerboard { .. } => {
-                let keep = board.keep.clone().expect("a checkerboard mask's board");
-                // 1 - b, on the device.
-                mul_positions(st, keep.neg().add_scalar(1.0))
+                let change = board.change.clone().expect("a checkerboard mask's board");
+                mul_positions(st, change)
             }
             Mask::Channel { .. } => st,
         }
