@@ -51,6 +51,21 @@ struct TrainArgs {
     /// The backend to build the CLI with.
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
+    /// Data-parallel: device indices on this machine, e.g. `0,1,2,3`.
+    #[arg(long)]
+    devices: Option<String>,
+    /// Data-parallel across machines: number of nodes.
+    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
+    nodes: Option<usize>,
+    /// This machine's node rank (0 leads: it writes the run directory).
+    #[arg(long, requires = "nodes")]
+    node_rank: Option<usize>,
+    /// The orchestrator, ws://HOST:PORT (`realnvp orchestrator --port PORT`).
+    #[arg(long, requires = "nodes")]
+    orchestrator: Option<String>,
+    /// This node's address as the other nodes reach it, ws://THIS_HOST:PORT.
+    #[arg(long, requires = "nodes")]
+    node_address: Option<String>,
     /// Further arguments for `realnvp train` (after `--`), e.g. `-- --minutes 60`.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -208,6 +223,7 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
     command
         .args(["train", "--config", data.config, "--set"])
         .arg(format!("data.path=\"{}\"", dir.display()))
+        .args(data_parallel_arguments(args))
         .args(&args.extra);
     eprintln!("xtask: {command:?}");
     let status = command
@@ -218,6 +234,22 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
     } else {
         Err(format!("realnvp train failed ({status})"))
     }
+}
+
+/// The data-parallel flags given to xtask, passed on to `realnvp train` unchanged.
+fn data_parallel_arguments(args: &TrainArgs) -> Vec<String> {
+    let flags = [
+        ("--devices", args.devices.clone()),
+        ("--nodes", args.nodes.map(|n| n.to_string())),
+        ("--node-rank", args.node_rank.map(|r| r.to_string())),
+        ("--orchestrator", args.orchestrator.clone()),
+        ("--node-address", args.node_address.clone()),
+    ];
+    flags
+        .into_iter()
+        .filter_map(|(flag, value)| value.map(|v| [flag.to_string(), v]))
+        .flatten()
+        .collect()
 }
 
 fn check_backends() -> Result<(), String> {

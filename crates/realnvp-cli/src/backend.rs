@@ -5,18 +5,32 @@
 mod chosen {
     pub type Inference = burn::backend::Cuda;
     pub const NAME: &str = "cuda";
+
+    /// CUDA device `index`.
+    pub fn device_at(index: usize) -> Result<burn::backend::cuda::CudaDevice, String> {
+        Ok(burn::backend::cuda::CudaDevice::new(index))
+    }
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 mod chosen {
     pub type Inference = burn::backend::Wgpu;
     pub const NAME: &str = "wgpu";
+
+    /// wgpu device `index`: the default adapter for 0, else the index-th discrete GPU.
+    pub fn device_at(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, String> {
+        Ok(match index {
+            0 => burn::backend::wgpu::WgpuDevice::DefaultDevice,
+            i => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
+        })
+    }
 }
 
 #[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu"))))]
 mod chosen {
     pub type Inference = burn::backend::NdArray;
     pub const NAME: &str = "ndarray";
+    pub use super::cpu_device_at as device_at;
 }
 
 #[cfg(all(
@@ -26,6 +40,7 @@ mod chosen {
 mod chosen {
     pub type Inference = burn::backend::Flex;
     pub const NAME: &str = "flex (CPU)";
+    pub use super::cpu_device_at as device_at;
 }
 
 #[cfg(not(any(
@@ -36,7 +51,17 @@ mod chosen {
 )))]
 compile_error!("enable one backend feature: flex, ndarray, wgpu or cuda");
 
-pub use chosen::{Inference, NAME};
+pub use chosen::{device_at, Inference, NAME};
+
+/// The device type of the chosen backend.
+pub type Device = <Inference as burn::tensor::backend::BackendTypes>::Device;
+
+/// The CPU backends have one device; every index names it, so that `--devices 0,1`
+/// runs two data-parallel workers on the one CPU (for testing the plumbing).
+#[allow(dead_code)]
+pub fn cpu_device_at(_index: usize) -> Result<Device, String> {
+    Ok(Default::default())
+}
 
 /// The default device of the chosen backend.
 pub fn device() -> <Inference as burn::tensor::backend::BackendTypes>::Device {

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use realnvp_core::{Dequantization, Flow, FlowBatch, FlowConfig, RealNvpConfig};
 use realnvp_train::data::Splits;
 use realnvp_train::{
-    evaluate, load_run_model, run_config, train, write_samples, RunConfig, Split, TrainOptions,
+    evaluate, load_run_model, run_config, train, train_parallel, write_samples, NodeSpec,
+    RunConfig, Split, TrainOptions, TrainSummary,
 };
 
 mod backend;
@@ -227,6 +228,14 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         iterations: usize,
     },
+    /// Run the orchestrator of a multi-node data-parallel run (burn-collective's global
+    /// orchestrator) until Ctrl-C. It listens on all interfaces without authentication
+    /// (burn-collective fixes this): keep it on a private network.
+    Orchestrator {
+        /// The port the nodes connect to (`--orchestrator ws://THIS_HOST:PORT`).
+        #[arg(long)]
+        port: u16,
+    },
     /// Build a model from a configuration and print its latent shapes and parameter count.
     Describe {
         /// Model configuration (TOML keys of `RealNvpConfig`); the default 3x32x32 model
@@ -259,6 +268,37 @@ struct TrainArgs {
     /// Seed of initialisation, data order and noise.
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    parallel: ParallelArgs,
+}
+
+/// Data-parallel training: one worker per device, on one machine or several, gradients
+/// averaged by burn-collective's all-reduce; `train.batch_size` stays the global batch.
+/// The node servers listen on all interfaces without authentication (burn-collective
+/// fixes this): keep every node and the orchestrator on a private network.
+#[derive(clap::Args, Debug)]
+struct ParallelArgs {
+    /// Device indices, one worker each, e.g. `0,1` (CUDA or wgpu GPUs; on the CPU backends
+    /// N workers share the one CPU device).
+    #[arg(long, value_delimiter = ',', value_name = "INDICES")]
+    devices: Vec<usize>,
+    /// Number of machines in a multi-node run.
+    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
+    nodes: Option<usize>,
+    /// This machine's rank, 0..nodes (node 0 leads and writes the run directory).
+    #[arg(long, requires = "nodes")]
+    node_rank: Option<usize>,
+    /// The orchestrator (`realnvp orchestrator --port PORT` on one machine),
+    /// ws://HOST:PORT.
+    #[arg(long, requires = "nodes", value_name = "URL")]
+    orchestrator: Option<String>,
+    /// This node as the other nodes reach it, ws://THIS_HOST:PORT; its data service
+    /// listens on PORT on all interfaces.
+    #[arg(long, requires = "nodes", value_name = "URL")]
+    node_address: Option<String>,
+    /// Seconds to wait for the orchestrator and the other nodes to join.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    join_timeout: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -383,6 +423,12 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             bench_command(&models, settings)
         }
+        Command::Orchestrator { port } => {
+            eprintln!(
+                "orchestrator listening on port {port} (all interfaces, no authentication: keep it on a private network); Ctrl-C stops it"
+            );
+            realnvp_train::run_orchestrator(port).map_err(|e| e.to_string())
+        }
         Command::Describe { config } => describe(config),
     }
 }
@@ -435,8 +481,67 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
         interrupt,
         progress: true,
     };
-    let summary =
-        train::<Training>(&config, &options, &backend::device()).map_err(|e| e.to_string())?;
+    let parallel = &args.parallel;
+    if parallel.devices.len() <= 1 && parallel.nodes.is_none() {
+        let device = backend::device_at(parallel.devices.first().copied().unwrap_or(0))?;
+        let summary = train::<Training>(&config, &options, &device).map_err(|e| e.to_string())?;
+        print_summary(&summary, &run_dir);
+        return Ok(());
+    }
+    data_parallel(&config, &options, parallel)
+}
+
+/// `realnvp train` with several devices or machines.
+fn data_parallel(
+    config: &RunConfig,
+    options: &TrainOptions,
+    parallel: &ParallelArgs,
+) -> Result<(), String> {
+    let indices = if parallel.devices.is_empty() {
+        vec![0]
+    } else {
+        parallel.devices.clone()
+    };
+    let devices = indices
+        .iter()
+        .map(|&i| backend::device_at(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nodes = parallel.nodes.map(|nodes| NodeSpec {
+        nodes,
+        rank: parallel.node_rank.unwrap_or(0),
+        orchestrator: parallel.orchestrator.clone().unwrap_or_default(),
+        node_address: parallel.node_address.clone().unwrap_or_default(),
+        join_timeout: std::time::Duration::from_secs(parallel.join_timeout),
+    });
+    if let Some(spec) = &nodes {
+        eprintln!(
+            "node rank {} of {}: {} worker(s) here; orchestrator {}, this node {} (its data service listens on all interfaces without authentication: keep the nodes on a private network)",
+            spec.rank,
+            spec.nodes,
+            devices.len(),
+            spec.orchestrator,
+            spec.node_address
+        );
+    } else {
+        eprintln!("data-parallel: {} workers on this machine", devices.len());
+    }
+    let node_rank = nodes.as_ref().map_or(0, |n| n.rank);
+    let outcome =
+        train_parallel::<Training>(config, options, devices, nodes).map_err(|e| e.to_string())?;
+    if let Some(summary) = &outcome.leader {
+        print_summary(summary, &options.run_dir);
+    } else {
+        println!("node rank {node_rank}: done; the leader (node rank 0) wrote the run directory");
+    }
+    println!(
+        "replicas identical: {} workers, model fingerprint {:016x}",
+        outcome.workers,
+        outcome.fingerprints.first().copied().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_summary(summary: &TrainSummary, run_dir: &Path) {
     println!(
         "{} after {} steps ({:.1} s, {:.1} images/s): test {:.4} bits/dim ({} examples)",
         if summary.interrupted {
@@ -452,7 +557,6 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
     );
     println!("samples: {}", run_dir.join("samples").display());
     println!("model: {}", summary.export.display());
-    Ok(())
 }
 
 fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {

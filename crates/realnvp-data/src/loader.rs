@@ -190,6 +190,27 @@ pub struct StreamConfig {
     pub flip: bool,
 }
 
+/// Which part of every training batch one worker reads: the `index`-th of `count` equal,
+/// contiguous parts (the batch size must be a multiple of `count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This worker's part, from 0.
+    pub index: usize,
+    /// Number of parts (workers).
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole batch (one worker).
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// The rows of a batch of `batch_size` this shard covers.
+    pub fn range(&self, batch_size: usize) -> std::ops::Range<usize> {
+        let per = batch_size / self.count.max(1);
+        self.index * per..(self.index + 1) * per
+    }
+}
+
 /// An endless, seeded, resumable stream of shuffled training batches: every epoch is a
 /// fresh permutation drawn from `(seed, epoch)`, the incomplete last batch of an epoch is
 /// dropped, and flips and crops are drawn from `(seed, epoch, offset)` alone, so that the
@@ -232,6 +253,17 @@ impl<S: Fetch> TrainStream<S> {
         &self,
         position: StreamPosition,
     ) -> Result<(S::Batch, StreamPosition), DataError> {
+        self.shard_at(position, Shard::WHOLE)
+    }
+
+    /// One worker's part of the batch at `position` (data-parallel training), and the
+    /// position after the whole batch. The shards of all workers, in worker order, are
+    /// exactly the batch `batch_at` gives (same examples, flips and crops).
+    pub fn shard_at(
+        &self,
+        position: StreamPosition,
+        shard: Shard,
+    ) -> Result<(S::Batch, StreamPosition), DataError> {
         let b = self.config.batch_size;
         let position = if position.offset + b > self.source.len() {
             StreamPosition {
@@ -252,7 +284,12 @@ impl<S: Fetch> TrainStream<S> {
             .map(|_| self.config.flip && rng.random::<bool>())
             .collect();
         let crops: Vec<u64> = (0..b).map(|_| rng.random()).collect();
-        let batch = self.source.fetch(indices, Some(&crops), &flips)?;
+        let part = shard.range(b);
+        let batch = self.source.fetch(
+            &indices[part.clone()],
+            Some(&crops[part.clone()]),
+            &flips[part],
+        )?;
         Ok((
             batch,
             StreamPosition {
@@ -376,6 +413,37 @@ mod tests {
         assert_ne!(order, stream(2).order(0), "the seed matters");
         order.sort_unstable();
         assert_eq!(order, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shards_in_worker_order_make_up_the_whole_batch() {
+        let s = TrainStream::new(
+            source(10),
+            StreamConfig {
+                batch_size: 4,
+                seed: 5,
+                flip: true,
+            },
+        )
+        .expect("valid");
+        let mut position = StreamPosition::default();
+        for _ in 0..4 {
+            let (whole, next) = s.batch_at(position).expect("batch");
+            let mut pixels = Vec::new();
+            let mut labels = Vec::new();
+            for index in 0..2 {
+                let (part, after) = s
+                    .shard_at(position, Shard { index, count: 2 })
+                    .expect("shard");
+                assert_eq!(after, next, "every shard advances by the whole batch");
+                assert_eq!(part.len(), 2);
+                pixels.extend(part.pixels);
+                labels.extend(part.labels.expect("labels"));
+            }
+            assert_eq!(pixels, whole.pixels, "same examples, flips and crops");
+            assert_eq!(Some(labels), whole.labels);
+            position = next;
+        }
     }
 
     #[test]

@@ -25,6 +25,28 @@ pub struct TrainState {
     pub best: Option<(f64, u64)>,
     /// Non-finite steps skipped so far.
     pub skipped_steps: u64,
+    /// Data-parallel workers the run was trained with (1 in checkpoints written before
+    /// data-parallel training existed).
+    #[serde(default = "one_worker")]
+    pub workers: u32,
+}
+
+fn one_worker() -> u32 {
+    1
+}
+
+impl TrainState {
+    /// The state of a run that has not taken a step, trained by `workers` workers.
+    pub fn fresh(workers: u32) -> Self {
+        Self {
+            step: 0,
+            position: StreamPosition::default(),
+            elapsed_seconds: 0.0,
+            best: None,
+            skipped_steps: 0,
+            workers,
+        }
+    }
 }
 
 /// The state file and the checksums of the tensor files of one checkpoint.
@@ -94,6 +116,69 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// A start point held in memory: `state` and the records of `payload` (a fresh run's
+    /// initial model), as if read back from a checkpoint at `path`.
+    pub fn in_memory(path: &Path, state: TrainState, payload: Payload) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            state,
+            files: payload.files,
+        }
+    }
+
+    /// The checkpoint as one byte string, to hand to other workers: a length-prefixed
+    /// JSON header (state, file names and sizes), then the files one after another.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = Manifest {
+            state: self.state.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|(name, bytes)| (name.clone(), bytes.len() as u64, checksum(bytes)))
+                .collect(),
+        };
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&header);
+        for (_, bytes) in &self.files {
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// Reads what [`Loaded::to_bytes`] wrote, verifying every file's size and checksum;
+    /// `path` names where the bytes came from in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, TrainError> {
+        let damaged = |message: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let header_len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+            .ok_or_else(|| damaged("start state too short".into()))?;
+        let header = bytes
+            .get(8..8 + header_len)
+            .ok_or_else(|| damaged("start state header cut short".into()))?;
+        let manifest: Manifest = serde_json::from_slice(header)
+            .map_err(|e| damaged(format!("unreadable start state header: {e}")))?;
+        let mut offset = 8 + header_len;
+        let mut files = Vec::new();
+        for (name, len, sum) in manifest.files {
+            let file = bytes
+                .get(offset..offset + len as usize)
+                .filter(|file| checksum(file) == sum)
+                .ok_or_else(|| damaged(format!("`{name}` damaged in transfer")))?;
+            files.push((name, file.to_vec()));
+            offset += len as usize;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            state: manifest.state,
+            files,
+        })
+    }
+
     /// Decodes the record stored under `name`, if present.
     pub fn record<R: Record<B>, B: Backend>(
         &self,

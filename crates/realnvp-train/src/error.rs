@@ -45,9 +45,31 @@ pub enum TrainError {
         /// The newest checkpoint, intact.
         last_checkpoint: Option<PathBuf>,
     },
+    /// A collective operation between data-parallel workers failed.
+    #[error("data-parallel training: {message}")]
+    Collective {
+        /// What failed, naming the worker, node or address at fault.
+        message: String,
+    },
+    /// A node of a multi-node run stopped answering.
+    #[error("data-parallel training: lost node rank {node_rank} ({address}): {detail}; the run can continue from its last checkpoint with --resume once every node is back (restart the orchestrator too)")]
+    NodeLost {
+        /// The node rank (`--node-rank`) that was lost.
+        node_rank: usize,
+        /// Its node address.
+        address: String,
+        /// What the liveness probe saw.
+        detail: String,
+    },
 }
 
 impl TrainError {
+    pub(crate) fn collective(message: impl Into<String>) -> Self {
+        Self::Collective {
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),

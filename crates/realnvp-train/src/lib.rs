@@ -5,7 +5,8 @@
 //! optional weight average; bits/dim on the training stream and held-out split;
 //! stopping by steps, epochs or wall-clock minutes; a guard against non-finite steps; and
 //! run directories with crash-safe, resumable checkpoints, `metrics.jsonl`, sample grids
-//! and an inference export loadable by `realnvp-core` alone.
+//! and an inference export loadable by `realnvp-core` alone. [`train_parallel`] trains the
+//! same run data-parallel on several devices and machines over burn-collective.
 //!
 //! A run directory holds `config.toml` (the resolved configuration), `model.toml`,
 //! `metrics.jsonl`, `learning-curves.png`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
@@ -17,10 +18,14 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod grid;
+mod journal;
+pub mod parallel;
 pub mod plot;
+pub mod replicas;
 pub mod trainer;
 
 pub use config::RunConfig;
 pub use error::TrainError;
 pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
+pub use parallel::{run_orchestrator, train_parallel, NodeSpec, ParallelSummary};
 pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary};

@@ -1,30 +1,36 @@
 //! The training loop: maximum likelihood with Adam, the scale penalty, warmup, gradient
 //! clipping, an optional weight average, periodic evaluation, samples and checkpoints.
+//!
+//! A run reads top-down in [`run_worker`]: start (fresh or resumed), then per step one
+//! optimisation step (the unit that one device and data-parallel workers share; with
+//! several workers it combines with the others through [`Replicas`] and nothing else),
+//! then, on the leader, logging, evaluation, samples and checkpoints; then the end of the
+//! run (evaluation on the whole test split, a last checkpoint, the export).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
+use burn::tensor::{ElementConversion, Tensor};
 use realnvp_core::{
     export_model, AutodiffConvBackend, ConvBackend, Dequantization, Flow, FlowBatch, FlowConfig,
 };
-use realnvp_data::loader::{StreamConfig, StreamPosition, TrainStream};
+use realnvp_data::loader::{Shard, StreamConfig, StreamPosition, TrainStream};
 use serde::Serialize;
 
-use crate::checkpoint::{write_atomic, Checkpoints, Payload, TrainState};
-use crate::config::RunConfig;
+use crate::checkpoint::{write_atomic, Checkpoints, Loaded, Payload, TrainState};
+use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
-use crate::plot::write_learning_curves;
+use crate::journal::Journal;
+use crate::replicas::{Replicas, Solo, StopVotes};
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -60,25 +66,426 @@ pub struct TrainSummary {
     pub export: PathBuf,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Serialize)]
-struct MetricsLine {
-    step: u64,
-    epoch: u64,
-    train_bpd: Option<f64>,
-    test_bpd: Option<f64>,
-    learning_rate: f64,
-    images_per_second: f64,
-    elapsed_seconds: f64,
-    skipped_steps: u64,
-}
-
-/// Trains (or resumes) the run described by `config` in `options.run_dir`.
+/// Trains (or resumes) the run described by `config` in `options.run_dir` on one device.
 pub fn train<B: AutodiffConvBackend>(
     config: &RunConfig,
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
+    let splits = Splits::load(&config.data, config.train.seed)?;
+    run_worker::<B, Solo>(config, options, splits, device, &Solo)?
+        .ok_or_else(|| TrainError::collective("the only worker must lead"))
+}
+
+/// One worker's whole run, top-down: start (fresh or resumed), then steps until a limit or
+/// an interrupt, each followed on the leader by logging and, when due, evaluation,
+/// samples and a checkpoint; then the end of the run. Returns the summary on the leader
+/// (rank 0) and `None` on the other workers.
+pub(crate) fn run_worker<B: AutodiffConvBackend, R: Replicas<B>>(
+    config: &RunConfig,
+    options: &TrainOptions,
+    splits: Splits,
+    device: &B::Device,
+    replicas: &R,
+) -> Result<Option<TrainSummary>, TrainError> {
+    let mut run = Run::start(config, options, splits, device, replicas)?;
+    while !run.should_stop()? {
+        if let Some(step) = run.step()? {
+            run.log_evaluate_and_checkpoint(&step)?;
+        }
+    }
+    run.finish()
+}
+
+/// The Adam optimiser of a run (with per-tensor clipping when configured).
+type Adam<B> = OptimizerAdaptor<burn::optim::Adam, Flow<B>, B>;
+
+/// A run in progress on one worker.
+struct Run<'a, B: AutodiffConvBackend, R: Replicas<B>> {
+    config: &'a RunConfig,
+    options: &'a TrainOptions,
+    device: B::Device,
+    replicas: &'a R,
+    flow_config: FlowConfig,
+    splits: Splits,
+    batches: Batches,
+    model: Flow<B>,
+    optimizer: Adam<B>,
+    state: TrainState,
+    /// When this invocation started, and the training seconds before it.
+    started: Instant,
+    elapsed_before: f64,
+    start_step: u64,
+    bad_in_a_row: u32,
+    interrupted: bool,
+    /// What only rank 0 keeps: outputs, checkpoints, the weight average.
+    leader: Option<Leader<B>>,
+}
+
+/// The leader's part of a run.
+struct Leader<B: AutodiffBackend> {
+    checkpoints: Checkpoints,
+    journal: Journal,
+    ema: Option<Flow<B::InnerBackend>>,
+    last_checkpoint: Option<PathBuf>,
+}
+
+/// What one optimisation step reports.
+struct StepOutcome {
+    /// Training bits/dim, mean over the whole batch (all workers).
+    bits_per_dim: f64,
+    /// Examples in the whole batch.
+    examples: usize,
+    /// The learning rate used.
+    learning_rate: f64,
+}
+
+impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
+    /// Start: the leader prepares the run directory and builds (or reads back) the start
+    /// point; every worker builds its model and optimiser from the leader's, so that all
+    /// replicas hold the same weights and the same parameter ids.
+    fn start(
+        config: &'a RunConfig,
+        options: &'a TrainOptions,
+        splits: Splits,
+        device: &B::Device,
+        replicas: &'a R,
+    ) -> Result<Self, TrainError> {
+        let t = &config.train;
+        let workers = replicas.workers();
+        if t.batch_size % workers != 0 {
+            return Err(TrainError::Config {
+                origin: "train.batch_size".into(),
+                message: format!(
+                    "{} is not a multiple of the {workers} data-parallel workers (each reads batch_size / workers examples per step)",
+                    t.batch_size
+                ),
+            });
+        }
+        let flow_config = config.flow_config(&splits.shape())?;
+        let prepared = replicas
+            .is_leader()
+            .then(|| prepare_run_dir::<B>(config, options, &flow_config, workers, device));
+        let start = share_start_point(replicas, prepared, &options.run_dir)?;
+
+        let model = start.load_into(MODEL, init_model::<B>(&flow_config, device)?, device)?;
+        let mut optimizer = adam::<B>(t);
+        match start.record(OPTIMIZER, device)? {
+            Some(record) => optimizer = optimizer.load_record(record),
+            None if options.resume => {
+                return Err(TrainError::Checkpoint {
+                    path: start.path.clone(),
+                    message: "no optimizer state".into(),
+                })
+            }
+            None => {}
+        }
+        let mut state = start.state.clone();
+        let leader = if replicas.is_leader() {
+            Some(Leader::start(
+                &start, options, t, &model, &mut state, workers, device,
+            )?)
+        } else {
+            None
+        };
+        state.workers = workers as u32;
+
+        let stream_config = StreamConfig {
+            batch_size: t.batch_size,
+            seed: t.seed,
+            flip: Splits::flip(&config.data),
+        };
+        let labelled = matches!(&flow_config, FlowConfig::Image(c) if c.classes > 0);
+        let batches = Batches::new(&splits, stream_config, labelled)?;
+        Ok(Self {
+            config,
+            options,
+            device: device.clone(),
+            replicas,
+            flow_config,
+            splits,
+            batches,
+            model,
+            optimizer,
+            elapsed_before: state.elapsed_seconds,
+            start_step: state.step,
+            state,
+            started: Instant::now(),
+            bad_in_a_row: 0,
+            interrupted: false,
+            leader,
+        })
+    }
+
+    /// Training seconds in total, this invocation included.
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether the run ends before the next step: step and epoch limits are the same on
+    /// every worker; the wall clock and Ctrl-C are voted on, so that all stop together.
+    fn should_stop(&mut self) -> Result<bool, TrainError> {
+        let t = &self.config.train;
+        self.state.elapsed_seconds = self.elapsed();
+        let out_of_steps = t.max_steps.is_some_and(|m| self.state.step >= m);
+        let out_of_epochs = t.max_epochs.is_some_and(|m| self.state.position.epoch >= m);
+        if out_of_steps || out_of_epochs {
+            return Ok(true);
+        }
+        let votes = self.replicas.agree(StopVotes {
+            out_of_time: t
+                .max_minutes
+                .is_some_and(|m| self.state.elapsed_seconds >= m * 60.0),
+            interrupted: self.options.interrupt.load(Ordering::SeqCst),
+        })?;
+        self.interrupted = votes.interrupted && !votes.out_of_time;
+        Ok(votes.out_of_time || votes.interrupted)
+    }
+
+    /// One optimisation step, the unit every worker runs: the loss and gradients of this
+    /// worker's shard of the batch, combined with the other workers' (`reduce_step`), then
+    /// Adam. A non-finite loss or gradient (seen alike by every worker, after the
+    /// combination) skips the step and leaves no trace in the model. `None` when skipped.
+    fn step(&mut self) -> Result<Option<StepOutcome>, TrainError> {
+        let t = &self.config.train;
+        let shard = Shard {
+            index: self.replicas.rank(),
+            count: self.replicas.workers(),
+        };
+        let (batch, next) = self
+            .batches
+            .shard_at(self.state.position, shard, &self.device)?;
+        // The forward pass updates batch-norm running averages; keep the values from
+        // before it, so that a skipped step leaves no trace in the model.
+        let before = self.model.clone().into_record();
+        let noise = noise_seed(t.seed, self.state.step, shard.index);
+        let bpd = self
+            .model
+            .bits_per_dim(batch, Dequantization::Seeded(noise))
+            .mean();
+        let loss = bpd.clone() + self.model.scale_penalty().mul_scalar(t.scale_penalty);
+        let shard_bpd: f64 = bpd.into_scalar().elem();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let reduced = self
+            .replicas
+            .reduce_step(self.model.clone(), grads, shard_bpd)?;
+        self.model = reduced.model;
+        let grads = reduced.grads;
+        let finite =
+            reduced.bits_per_dim.is_finite() && gradient_norm::<B>(&self.model, &grads).is_finite();
+        self.state.step += 1;
+        self.state.position = next;
+        if !finite {
+            self.skip_step(before)?;
+            return Ok(None);
+        }
+        self.bad_in_a_row = 0;
+        let lr = if t.warmup_steps > 0 {
+            t.learning_rate * (self.state.step as f64 / t.warmup_steps as f64).min(1.0)
+        } else {
+            t.learning_rate
+        };
+        self.model = self.optimizer.step(lr, self.model.clone(), grads);
+        if let Some(leader) = self.leader.as_mut() {
+            if let (Some(average), Some(decay)) = (leader.ema.take(), t.ema_decay) {
+                leader.ema = Some(update_average(average, &self.model.valid(), decay));
+            }
+        }
+        Ok(Some(StepOutcome {
+            bits_per_dim: reduced.bits_per_dim,
+            examples: t.batch_size,
+            learning_rate: lr,
+        }))
+    }
+
+    /// Restores the model from before a non-finite step; stops the run after
+    /// `train.max_bad_steps` of them in a row.
+    fn skip_step(&mut self, before: <Flow<B> as Module<B>>::Record) -> Result<(), TrainError> {
+        self.model = init_model::<B>(&self.flow_config, &self.device)?.load_record(before);
+        self.bad_in_a_row += 1;
+        self.state.skipped_steps += 1;
+        if let Some(leader) = &self.leader {
+            leader.journal.warn(&format!(
+                "step {}: non-finite loss or gradient, step skipped",
+                self.state.step
+            ));
+        }
+        if self.bad_in_a_row >= self.config.train.max_bad_steps {
+            if let Some(leader) = &self.leader {
+                leader.journal.clear_progress();
+            }
+            return Err(TrainError::Diverged {
+                step: self.state.step,
+                count: self.bad_in_a_row,
+                last_checkpoint: self.leader.as_ref().and_then(|l| l.last_checkpoint.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// On the leader, after a step: the step joins the training curve; every
+    /// `train.log_every` steps a metrics line; every `train.eval_every` steps held-out
+    /// bits/dim, samples and a checkpoint.
+    fn log_evaluate_and_checkpoint(&mut self, step: &StepOutcome) -> Result<(), TrainError> {
+        let t = &self.config.train;
+        let Some(leader) = self.leader.as_mut() else {
+            return Ok(());
+        };
+        leader.journal.add_step(step.bits_per_dim, step.examples);
+        let evaluate_now = self.state.step % t.eval_every == 0;
+        if self.state.step % t.log_every != 0 && !evaluate_now {
+            return Ok(());
+        }
+        let test_bpd = if evaluate_now {
+            Some(self.evaluate_and_draw(t.eval_examples)?.bits_per_dim)
+        } else {
+            None
+        };
+        self.state.elapsed_seconds = self.elapsed();
+        if let Some(leader) = self.leader.as_mut() {
+            leader
+                .journal
+                .log_step(&self.state, step.learning_rate, test_bpd)?;
+        }
+        if evaluate_now {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// The model used for evaluation, samples and the export: the weight average when
+    /// kept, else the current weights.
+    fn eval_model(&self) -> Flow<B::InnerBackend> {
+        self.leader
+            .as_ref()
+            .and_then(|l| l.ema.clone())
+            .unwrap_or_else(|| self.model.valid())
+    }
+
+    fn evaluate_and_draw(&mut self, limit: Option<usize>) -> Result<Evaluation, TrainError> {
+        let model = self.eval_model();
+        evaluate_and_draw(
+            &model,
+            &self.splits,
+            limit,
+            &mut self.state,
+            &self.options.run_dir,
+            &self.config.train,
+            &self.device,
+        )
+    }
+
+    /// Writes a checkpoint (leader only).
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        self.state.elapsed_seconds = self.elapsed();
+        let Some(leader) = self.leader.as_mut() else {
+            return Ok(());
+        };
+        leader.last_checkpoint = Some(save_checkpoint(
+            &leader.checkpoints,
+            &self.state,
+            &self.model,
+            &self.optimizer,
+            leader.ema.as_ref(),
+            self.config.train.keep_checkpoints,
+        )?);
+        Ok(())
+    }
+
+    /// The end of the run, on the leader: evaluate on the whole test split, draw samples,
+    /// checkpoint and export for inference.
+    fn finish(mut self) -> Result<Option<TrainSummary>, TrainError> {
+        self.replicas.check_identical(&self.model)?;
+        let Some(leader) = self.leader.as_ref() else {
+            return Ok(None);
+        };
+        leader.journal.clear_progress();
+        self.state.elapsed_seconds = self.elapsed();
+        let test = self.evaluate_and_draw(None)?;
+        let seconds_here = self.started.elapsed().as_secs_f64();
+        let t = &self.config.train;
+        let rate = (self.state.step - self.start_step) as f64 * t.batch_size as f64
+            / seconds_here.max(1e-9);
+        if let Some(leader) = self.leader.as_mut() {
+            leader
+                .journal
+                .log_end(&self.state, t.learning_rate, test.bits_per_dim, rate)?;
+        }
+        self.checkpoint()?;
+        let export = self.options.run_dir.join("export");
+        export_model(&self.eval_model(), &self.flow_config, &export)?;
+        Ok(Some(TrainSummary {
+            steps: self.state.step,
+            epochs: self.state.position.epoch + 1,
+            test,
+            seconds: self.state.elapsed_seconds,
+            images_per_second: rate,
+            interrupted: self.interrupted,
+            skipped_steps: self.state.skipped_steps,
+            export,
+        }))
+    }
+}
+
+impl<B: AutodiffConvBackend> Leader<B> {
+    /// The leader's part of the start: the weight average, the journal, and the note on a
+    /// resumed run.
+    fn start(
+        start: &Loaded,
+        options: &TrainOptions,
+        t: &TrainSettings,
+        model: &Flow<B>,
+        state: &mut TrainState,
+        workers: usize,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let ema = match t.ema_decay {
+            Some(_) if options.resume => Some(start.load_into(EMA, model.valid(), device)?),
+            Some(_) => Some(model.valid()),
+            None => None,
+        };
+        let resumed_at = options.resume.then_some(state.step);
+        if options.resume {
+            eprintln!(
+                "resuming from {} (step {})",
+                start.path.display(),
+                state.step
+            );
+            if state.workers as usize != workers {
+                eprintln!(
+                    "note: the run was trained by {} worker(s) and continues with {workers}: the global batch stays {}, batch-norm statistics are now taken over {} examples per worker, and the dequantisation noise differs from an uninterrupted run",
+                    state.workers,
+                    t.batch_size,
+                    t.batch_size / workers
+                );
+            }
+        }
+        let journal = Journal::open(
+            &options.run_dir,
+            resumed_at,
+            options.progress,
+            t.max_steps,
+            state.step,
+        )?;
+        Ok(Self {
+            checkpoints: Checkpoints::new(&options.run_dir),
+            journal,
+            ema,
+            last_checkpoint: options.resume.then(|| start.path.clone()),
+        })
+    }
+}
+
+/// The leader's preparation of the run directory: refuses to overwrite a run unless
+/// resuming, writes `config.toml` and `model.toml`, and returns the start point: the
+/// newest intact checkpoint, or a freshly initialised model (seeded by `train.seed`).
+fn prepare_run_dir<B: AutodiffConvBackend>(
+    config: &RunConfig,
+    options: &TrainOptions,
+    flow_config: &FlowConfig,
+    workers: usize,
+    device: &B::Device,
+) -> Result<Loaded, TrainError> {
     let run_dir = &options.run_dir;
     let checkpoints = Checkpoints::new(run_dir);
     let resume_from = if options.resume {
@@ -103,285 +510,75 @@ pub fn train<B: AutodiffConvBackend>(
         message: e.to_string(),
     })?;
     write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
-
-    let t = &config.train;
-    let splits = Splits::load(&config.data, t.seed)?;
-    let flow_config = config.flow_config(&splits.shape())?;
     write_atomic(
         &run_dir.join("model.toml"),
-        toml::to_string(&flow_config).unwrap_or_default().as_bytes(),
+        toml::to_string(flow_config).unwrap_or_default().as_bytes(),
     )?;
-    B::seed(device, t.seed);
-    let mut model: Flow<B> = flow_config.init(device).map_err(|e| TrainError::Config {
+    if let Some(loaded) = resume_from {
+        return Ok(loaded);
+    }
+    B::seed(device, config.train.seed);
+    let model = init_model::<B>(flow_config, device)?;
+    let mut payload = Payload::new();
+    payload.add::<_, B>(MODEL, model.into_record())?;
+    Ok(Loaded::in_memory(
+        run_dir,
+        TrainState::fresh(workers as u32),
+        payload,
+    ))
+}
+
+/// Hands the leader's start point (or the reason it could not make one) to every worker.
+fn share_start_point<B: AutodiffBackend, R: Replicas<B>>(
+    replicas: &R,
+    prepared: Option<Result<Loaded, TrainError>>,
+    run_dir: &Path,
+) -> Result<Loaded, TrainError> {
+    if replicas.workers() == 1 {
+        return prepared
+            .unwrap_or_else(|| Err(TrainError::collective("a single worker must lead")));
+    }
+    // A leading byte says whether the leader could start (0) or why not (1, a message).
+    let bytes = prepared.as_ref().map(|result| match result {
+        Ok(loaded) => [vec![0u8], loaded.to_bytes()].concat(),
+        Err(e) => [vec![1u8], e.to_string().into_bytes()].concat(),
+    });
+    let shared = replicas.share_from_leader(bytes)?;
+    if let Some(result) = prepared {
+        return result;
+    }
+    match shared.split_first() {
+        Some((0, start)) => Loaded::from_bytes(&run_dir.join("(start state from rank 0)"), start),
+        Some((_, message)) => Err(TrainError::collective(format!(
+            "rank 0 could not start: {}",
+            String::from_utf8_lossy(message)
+        ))),
+        None => Err(TrainError::collective("rank 0 sent an empty start state")),
+    }
+}
+
+fn init_model<B: AutodiffConvBackend>(
+    flow_config: &FlowConfig,
+    device: &B::Device,
+) -> Result<Flow<B>, TrainError> {
+    flow_config.init(device).map_err(|e| TrainError::Config {
         origin: "model".into(),
         message: e.to_string(),
-    })?;
-    let mut optimizer = AdamConfig::new()
+    })
+}
+
+fn adam<B: AutodiffConvBackend>(t: &TrainSettings) -> Adam<B> {
+    AdamConfig::new()
         .with_beta_1(t.beta1)
         .with_beta_2(t.beta2)
         .with_grad_clipping(
             t.grad_clip_norm
                 .map(burn::grad_clipping::GradientClippingConfig::Norm),
         )
-        .init::<B, Flow<B>>();
-    let mut ema: Option<Flow<B::InnerBackend>> = t.ema_decay.map(|_| model.valid());
-    let mut state = TrainState {
-        step: 0,
-        position: StreamPosition::default(),
-        elapsed_seconds: 0.0,
-        best: None,
-        skipped_steps: 0,
-    };
-    let mut last_checkpoint = None;
-    if let Some(loaded) = resume_from {
-        model = loaded.load_into(MODEL, model, device)?;
-        let record = loaded
-            .record(OPTIMIZER, device)?
-            .ok_or_else(|| TrainError::Checkpoint {
-                path: loaded.path.clone(),
-                message: "no optimizer state".into(),
-            })?;
-        optimizer = optimizer.load_record(record);
-        if let Some(average) = ema.take() {
-            ema = Some(loaded.load_into(EMA, average, device)?);
-        }
-        state = loaded.state.clone();
-        eprintln!(
-            "resuming from {} (step {})",
-            loaded.path.display(),
-            state.step
-        );
-        truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
-        last_checkpoint = Some(loaded.path);
-    }
-
-    let stream_config = StreamConfig {
-        batch_size: t.batch_size,
-        seed: t.seed,
-        flip: Splits::flip(&config.data),
-    };
-    let labelled = matches!(&flow_config, FlowConfig::Image(c) if c.classes > 0);
-    let batches = Batches::new(&splits, stream_config, labelled)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .map_err(|e| TrainError::io(&run_dir.join("metrics.jsonl"), e))?;
-
-    let (mut train_curve, mut test_curve) = read_curves(&run_dir.join("metrics.jsonl"));
-    let progress = progress_bar(options.progress, t.max_steps, state.step);
-    let started = Instant::now();
-    let elapsed_before = state.elapsed_seconds;
-    let start_step = state.step;
-    let mut bad_in_a_row = 0u32;
-    let (mut window_bpd, mut window_n, mut window_start) = (0.0f64, 0usize, Instant::now());
-    let mut interrupted = false;
-
-    loop {
-        state.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-        let out_of_steps = t.max_steps.is_some_and(|m| state.step >= m);
-        let out_of_epochs = t.max_epochs.is_some_and(|m| state.position.epoch >= m);
-        let out_of_time = t
-            .max_minutes
-            .is_some_and(|m| state.elapsed_seconds >= m * 60.0);
-        if out_of_steps || out_of_epochs || out_of_time {
-            break;
-        }
-        if options.interrupt.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
-        }
-
-        let (batch, next) = batches.at(state.position, device)?;
-        let examples = batch.len();
-        // The forward pass updates batch-norm running averages; keep the values from
-        // before it, so that a skipped step leaves no trace in the model.
-        let before = model.clone().into_record();
-        B::seed(device, step_seed(t.seed, state.step));
-        let bpd = model.bits_per_dim(batch, Dequantization::Uniform).mean();
-        let loss = bpd.clone() + model.scale_penalty().mul_scalar(t.scale_penalty);
-        let bpd_value: f64 = bpd.into_scalar().elem();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let finite = bpd_value.is_finite() && gradient_norm::<B>(&model, &grads).is_finite();
-        state.step += 1;
-        state.position = next;
-        if !finite {
-            let fresh: Flow<B> = flow_config.init(device).map_err(|e| TrainError::Config {
-                origin: "model".into(),
-                message: e.to_string(),
-            })?;
-            model = fresh.load_record(before);
-            bad_in_a_row += 1;
-            state.skipped_steps += 1;
-            progress.suspend(|| {
-                eprintln!(
-                    "warning: step {}: non-finite loss or gradient, step skipped",
-                    state.step
-                )
-            });
-            if bad_in_a_row >= t.max_bad_steps {
-                progress.finish_and_clear();
-                return Err(TrainError::Diverged {
-                    step: state.step,
-                    count: bad_in_a_row,
-                    last_checkpoint,
-                });
-            }
-            continue;
-        }
-        bad_in_a_row = 0;
-        let lr = if t.warmup_steps > 0 {
-            t.learning_rate * (state.step as f64 / t.warmup_steps as f64).min(1.0)
-        } else {
-            t.learning_rate
-        };
-        model = optimizer.step(lr, model, grads);
-        if let (Some(average), Some(decay)) = (ema.take(), t.ema_decay) {
-            ema = Some(update_average(average, &model.valid(), decay));
-        }
-        window_bpd += bpd_value * examples as f64;
-        window_n += examples;
-
-        let evaluate_now = state.step % t.eval_every == 0;
-        if state.step % t.log_every == 0 || evaluate_now {
-            let seconds = window_start.elapsed().as_secs_f64();
-            let last_rate = window_n as f64 / seconds.max(1e-9);
-            let train_bpd = window_bpd / window_n.max(1) as f64;
-            let test_bpd = if evaluate_now {
-                let eval_model = ema.clone().unwrap_or_else(|| model.valid());
-                let e = evaluate_and_draw(
-                    &eval_model,
-                    &splits,
-                    t.eval_examples,
-                    &mut state,
-                    run_dir,
-                    t,
-                    device,
-                )?;
-                Some(e.bits_per_dim)
-            } else {
-                None
-            };
-            let line = MetricsLine {
-                step: state.step,
-                epoch: state.position.epoch,
-                train_bpd: Some(train_bpd),
-                test_bpd,
-                learning_rate: lr,
-                images_per_second: last_rate,
-                elapsed_seconds: elapsed_before + started.elapsed().as_secs_f64(),
-                skipped_steps: state.skipped_steps,
-            };
-            write_metrics(&mut metrics, &line, run_dir)?;
-            train_curve.push((state.step, train_bpd));
-            if let Some(b) = test_bpd {
-                test_curve.push((state.step, b));
-                write_learning_curves(&run_dir.join(CURVES), &train_curve, &test_curve)?;
-            }
-            progress.set_position(state.step);
-            progress.set_message(format!(
-                "train {train_bpd:.3} bits/dim{} | {last_rate:.1} img/s",
-                test_bpd
-                    .map(|b| format!(" | test {b:.3}"))
-                    .unwrap_or_default()
-            ));
-            // Without a terminal (nohup, CI, a pipe) the bar is hidden: a plain line per
-            // logged step instead.
-            if progress.is_hidden() && options.progress {
-                eprintln!(
-                    "step {}: train {train_bpd:.4} bits/dim{}, {last_rate:.1} img/s",
-                    state.step,
-                    test_bpd
-                        .map(|b| format!(", test {b:.4} bits/dim"))
-                        .unwrap_or_default()
-                );
-            }
-            (window_bpd, window_n, window_start) = (0.0, 0, Instant::now());
-            if evaluate_now {
-                state.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-                last_checkpoint = Some(save_checkpoint(
-                    &checkpoints,
-                    &state,
-                    &model,
-                    &optimizer,
-                    ema.as_ref(),
-                    t.keep_checkpoints,
-                )?);
-            }
-        }
-    }
-    progress.finish_and_clear();
-    state.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-
-    // The end of the run: evaluate on the whole test split, draw samples, checkpoint and
-    // export for inference.
-    let eval_model = ema.clone().unwrap_or_else(|| model.valid());
-    let test = evaluate_and_draw(&eval_model, &splits, None, &mut state, run_dir, t, device)?;
-    let seconds_here = started.elapsed().as_secs_f64();
-    let rate = (state.step - start_step) as f64 * t.batch_size as f64 / seconds_here.max(1e-9);
-    write_metrics(
-        &mut metrics,
-        &MetricsLine {
-            step: state.step,
-            epoch: state.position.epoch,
-            train_bpd: None,
-            test_bpd: Some(test.bits_per_dim),
-            learning_rate: t.learning_rate,
-            images_per_second: rate,
-            elapsed_seconds: state.elapsed_seconds,
-            skipped_steps: state.skipped_steps,
-        },
-        run_dir,
-    )?;
-    test_curve.push((state.step, test.bits_per_dim));
-    write_learning_curves(&run_dir.join(CURVES), &train_curve, &test_curve)?;
-    save_checkpoint(
-        &checkpoints,
-        &state,
-        &model,
-        &optimizer,
-        ema.as_ref(),
-        t.keep_checkpoints,
-    )?;
-    let export = run_dir.join("export");
-    export_model(&eval_model, &flow_config, &export)?;
-    Ok(TrainSummary {
-        steps: state.step,
-        epochs: state.position.epoch + 1,
-        test,
-        seconds: state.elapsed_seconds,
-        images_per_second: rate,
-        interrupted,
-        skipped_steps: state.skipped_steps,
-        export,
-    })
+        .init::<B, Flow<B>>()
 }
 
 const MODEL: &str = "model";
-const CURVES: &str = "learning-curves.png";
-
-/// `(step, bits/dim)` points of one curve.
-type Curve = Vec<(u64, f64)>;
-
-/// The training and held-out curves already logged.
-fn read_curves(path: &Path) -> (Curve, Curve) {
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(step) = v["step"].as_u64() else {
-            continue;
-        };
-        if let Some(b) = v["train_bpd"].as_f64() {
-            train.push((step, b));
-        }
-        if let Some(b) = v["test_bpd"].as_f64() {
-            test.push((step, b));
-        }
-    }
-    (train, test)
-}
 const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
 
@@ -437,64 +634,13 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Flow<B>, B>>(
     checkpoints.save(state, payload, keep)
 }
 
-/// Drops the metrics lines of steps after `step` (logged after the checkpoint a resumed
-/// run continues from), so that the curve continues without repeats.
-fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
-    write_atomic(path, kept.as_bytes())
-}
-
-fn write_metrics(
-    file: &mut std::fs::File,
-    line: &MetricsLine,
-    run_dir: &Path,
-) -> Result<(), TrainError> {
-    let mut text = serde_json::to_string(line).unwrap_or_default();
-    text.push('\n');
-    file.write_all(text.as_bytes())
-        .and_then(|_| file.flush())
-        .map_err(|e| TrainError::io(&run_dir.join("metrics.jsonl"), e))
-}
-
-fn progress_bar(enabled: bool, max_steps: Option<u64>, position: u64) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = match max_steps {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] step {pos}/{len} | {msg} | ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{elapsed_precise} step {pos} | {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        ),
-    };
-    bar.set_position(position);
-    bar
-}
-
-/// The dequantisation-noise seed of a step: a function of the run seed and the step alone,
-/// so that a resumed run draws the same noise as an uninterrupted one.
-fn step_seed(seed: u64, step: u64) -> u64 {
+/// The dequantisation-noise seed of a worker's step: a function of the run seed, the step
+/// and the worker's rank alone, so that a resumed run draws the same noise as an
+/// uninterrupted one and the workers' shards draw independent noise.
+fn noise_seed(seed: u64, step: u64, rank: usize) -> u64 {
     let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z ^ (z >> 31)
+    (z ^ (z >> 31)) ^ (rank as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
 
 /// Global L2 norm of the gradients (infinite or NaN when any gradient is).
@@ -581,14 +727,16 @@ impl Batches {
         })
     }
 
-    fn at<B: Backend>(
+    /// This worker's `shard` of the batch at `position`, on `device`.
+    fn shard_at<B: Backend>(
         &self,
         position: StreamPosition,
+        shard: Shard,
         device: &B::Device,
     ) -> Result<(FlowBatch<B>, StreamPosition), TrainError> {
         Ok(match self {
             Batches::Images { stream, labelled } => {
-                let (batch, next) = stream.batch_at(position)?;
+                let (batch, next) = stream.shard_at(position, shard)?;
                 let batch = batch.to_batch(device);
                 match (labelled, batch.labels) {
                     (true, Some(labels)) => (FlowBatch::LabelledImages(batch.pixels, labels), next),
@@ -602,14 +750,12 @@ impl Batches {
                 }
             }
             Batches::Vectors(s) => {
-                let (batch, next) = s.batch_at(position)?;
+                let (batch, next) = s.shard_at(position, shard)?;
                 (FlowBatch::Vectors(batch.to_tensor(device)), next)
             }
         })
     }
 }
-
-use burn::tensor::ElementConversion;
 
 /// The resolved configuration of the run in `run_dir` (its `config.toml`).
 pub fn run_config(run_dir: &Path) -> Result<RunConfig, TrainError> {

@@ -1,0 +1,251 @@
+//! What the leading worker (rank 0) writes about a run as it goes: `metrics.jsonl`, the
+//! learning curves and the progress bar (or plain progress lines without a terminal).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::checkpoint::{write_atomic, TrainState};
+use crate::error::TrainError;
+use crate::plot::write_learning_curves;
+
+/// The learning-curve picture in a run directory.
+pub(crate) const CURVES: &str = "learning-curves.png";
+/// The metrics file in a run directory.
+const METRICS: &str = "metrics.jsonl";
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Serialize)]
+struct MetricsLine {
+    step: u64,
+    epoch: u64,
+    train_bpd: Option<f64>,
+    test_bpd: Option<f64>,
+    learning_rate: f64,
+    images_per_second: f64,
+    elapsed_seconds: f64,
+    skipped_steps: u64,
+}
+
+/// `(step, bits/dim)` points of one curve.
+type Curve = Vec<(u64, f64)>;
+
+/// The run's metrics file, curves and progress display.
+pub(crate) struct Journal {
+    run_dir: PathBuf,
+    metrics: std::fs::File,
+    train_curve: Curve,
+    test_curve: Curve,
+    progress: ProgressBar,
+    /// Plain lines on stderr when progress is wanted but there is no terminal.
+    plain_lines: bool,
+    /// Training bits/dim summed over the examples since the last logged step.
+    window_bpd: f64,
+    window_examples: usize,
+    window_start: Instant,
+}
+
+impl Journal {
+    /// Opens the journal of `run_dir`; a resumed run first drops the lines logged after
+    /// its checkpoint's `step`, so that the curve continues without repeats.
+    pub(crate) fn open(
+        run_dir: &Path,
+        resumed_at: Option<u64>,
+        progress: bool,
+        max_steps: Option<u64>,
+        step: u64,
+    ) -> Result<Self, TrainError> {
+        let path = run_dir.join(METRICS);
+        if let Some(step) = resumed_at {
+            truncate_metrics(&path, step)?;
+        }
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        let (train_curve, test_curve) = read_curves(&path);
+        let bar = progress_bar(progress, max_steps, step);
+        Ok(Self {
+            run_dir: run_dir.to_path_buf(),
+            metrics,
+            train_curve,
+            test_curve,
+            plain_lines: progress && bar.is_hidden(),
+            progress: bar,
+            window_bpd: 0.0,
+            window_examples: 0,
+            window_start: Instant::now(),
+        })
+    }
+
+    /// Adds one step's training bits/dim (mean over `examples`) to the current window.
+    pub(crate) fn add_step(&mut self, bits_per_dim: f64, examples: usize) {
+        self.window_bpd += bits_per_dim * examples as f64;
+        self.window_examples += examples;
+    }
+
+    /// Writes the line of a logged step: the window's mean training bits/dim and
+    /// images/s, and the held-out bits/dim when the step evaluated; starts a new window.
+    pub(crate) fn log_step(
+        &mut self,
+        state: &TrainState,
+        learning_rate: f64,
+        test_bpd: Option<f64>,
+    ) -> Result<(), TrainError> {
+        let seconds = self.window_start.elapsed().as_secs_f64();
+        let rate = self.window_examples as f64 / seconds.max(1e-9);
+        let train_bpd = self.window_bpd / self.window_examples.max(1) as f64;
+        self.write(&MetricsLine {
+            step: state.step,
+            epoch: state.position.epoch,
+            train_bpd: Some(train_bpd),
+            test_bpd,
+            learning_rate,
+            images_per_second: rate,
+            elapsed_seconds: state.elapsed_seconds,
+            skipped_steps: state.skipped_steps,
+        })?;
+        self.train_curve.push((state.step, train_bpd));
+        if let Some(b) = test_bpd {
+            self.test_curve.push((state.step, b));
+            self.draw_curves()?;
+        }
+        self.show_progress(state.step, train_bpd, test_bpd, rate);
+        (self.window_bpd, self.window_examples, self.window_start) = (0.0, 0, Instant::now());
+        Ok(())
+    }
+
+    /// Writes the end-of-run line (held-out bits/dim on the whole test split) and the
+    /// final curves.
+    pub(crate) fn log_end(
+        &mut self,
+        state: &TrainState,
+        learning_rate: f64,
+        test_bpd: f64,
+        images_per_second: f64,
+    ) -> Result<(), TrainError> {
+        self.write(&MetricsLine {
+            step: state.step,
+            epoch: state.position.epoch,
+            train_bpd: None,
+            test_bpd: Some(test_bpd),
+            learning_rate,
+            images_per_second,
+            elapsed_seconds: state.elapsed_seconds,
+            skipped_steps: state.skipped_steps,
+        })?;
+        self.test_curve.push((state.step, test_bpd));
+        self.draw_curves()
+    }
+
+    /// A warning on stderr that does not break the progress bar.
+    pub(crate) fn warn(&self, message: &str) {
+        self.progress.suspend(|| eprintln!("warning: {message}"));
+    }
+
+    /// Removes the progress bar (before the end-of-run output).
+    pub(crate) fn clear_progress(&self) {
+        self.progress.finish_and_clear();
+    }
+
+    fn show_progress(&self, step: u64, train_bpd: f64, test_bpd: Option<f64>, rate: f64) {
+        self.progress.set_position(step);
+        self.progress.set_message(format!(
+            "train {train_bpd:.3} bits/dim{} | {rate:.1} img/s",
+            test_bpd
+                .map(|b| format!(" | test {b:.3}"))
+                .unwrap_or_default()
+        ));
+        // Without a terminal (nohup, CI, a pipe) the bar is hidden: a plain line per
+        // logged step instead.
+        if self.plain_lines {
+            eprintln!(
+                "step {step}: train {train_bpd:.4} bits/dim{}, {rate:.1} img/s",
+                test_bpd
+                    .map(|b| format!(", test {b:.4} bits/dim"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+
+    fn draw_curves(&self) -> Result<(), TrainError> {
+        write_learning_curves(
+            &self.run_dir.join(CURVES),
+            &self.train_curve,
+            &self.test_curve,
+        )
+    }
+
+    fn write(&mut self, line: &MetricsLine) -> Result<(), TrainError> {
+        let mut text = serde_json::to_string(line).unwrap_or_default();
+        text.push('\n');
+        self.metrics
+            .write_all(text.as_bytes())
+            .and_then(|_| self.metrics.flush())
+            .map_err(|e| TrainError::io(&self.run_dir.join(METRICS), e))
+    }
+}
+
+/// The training and held-out curves already logged.
+fn read_curves(path: &Path) -> (Curve, Curve) {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(step) = v["step"].as_u64() else {
+            continue;
+        };
+        if let Some(b) = v["train_bpd"].as_f64() {
+            train.push((step, b));
+        }
+        if let Some(b) = v["test_bpd"].as_f64() {
+            test.push((step, b));
+        }
+    }
+    (train, test)
+}
+
+/// Drops the metrics lines of steps after `step` (logged after the checkpoint a resumed
+/// run continues from).
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn progress_bar(enabled: bool, max_steps: Option<u64>, position: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = match max_steps {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] step {pos}/{len} | {msg} | ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{elapsed_precise} step {pos} | {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_position(position);
+    bar
+}
