@@ -27,6 +27,10 @@
 //! answering ends the run with [`TrainError::NodeLost`]; joining (orchestrator, the other
 //! nodes) has a deadline.
 //!
+//! Several machines: joining works (orchestrator, roll call, settings check), but
+//! burn-collective 0.21 hangs on the second all-reduce across nodes (see
+//! [`MULTI_NODE_BLOCKED`]), so a multi-node run stops after joining with that error.
+//!
 //! Security: burn-collective's servers (the orchestrator and every node's data service)
 //! listen on all interfaces (0.0.0.0; burn-collective 0.21 fixes this) without
 //! authentication. Run them on a private network only.
