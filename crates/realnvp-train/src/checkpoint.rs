@@ -59,8 +59,8 @@ struct Manifest {
 
 const MANIFEST: &str = "state.json";
 
-/// FNV-1a, 64 bits: enough to notice a damaged file.
-fn checksum(bytes: &[u8]) -> u64 {
+/// FNV-1a, 64 bits: enough to notice a damaged file (or a replica that drifted).
+pub(crate) fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })

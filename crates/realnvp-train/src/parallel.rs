@@ -54,6 +54,7 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_communication::Address;
 use realnvp_core::{AutodiffConvBackend, Flow};
 
+use crate::checkpoint::checksum;
 use crate::config::RunConfig;
 use crate::data::Splits;
 use crate::error::TrainError;
@@ -846,9 +847,7 @@ fn model_fingerprint<B: AutodiffBackend>(model: &Flow<B>) -> Result<u64, TrainEr
     let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
         .record(model.clone().into_record(), ())
         .map_err(|e| TrainError::collective(format!("cannot serialise the model: {e}")))?;
-    Ok(bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    }))
+    Ok(checksum(&bytes))
 }
 
 /// A fingerprint of the settings every node must share: the model and training sections
@@ -860,9 +859,7 @@ fn settings_fingerprint(config: &RunConfig) -> u64 {
         toml::to_string(&config.vector_model).unwrap_or_default(),
         toml::to_string(&config.train).unwrap_or_default()
     );
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    checksum(text.as_bytes())
 }
 
 /// The low 48 bits of `value` as three 16-bit integers, each exact in f32.
