@@ -530,6 +530,7 @@ fn data_parallel(
         train_parallel::<Training>(config, options, devices, nodes).map_err(|e| e.to_string())?;
     if let Some(summary) = &outcome.leader {
         print_summary(summary, &options.run_dir);
+        print_reduce_share(summary, &outcome.reduce_seconds);
     } else {
         println!("node rank {node_rank}: done; the leader (node rank 0) wrote the run directory");
     }
@@ -557,6 +558,20 @@ fn print_summary(summary: &TrainSummary, run_dir: &Path) {
     );
     println!("samples: {}", run_dir.join("samples").display());
     println!("model: {}", summary.export.display());
+}
+
+/// How much of this invocation the leader spent combining steps with the other workers.
+fn print_reduce_share(summary: &TrainSummary, reduce_seconds: &[f64]) {
+    let Some(&seconds) = reduce_seconds.first() else {
+        return;
+    };
+    println!(
+        "all-reduce (rank 0): {:.1} s in all, {:.1} ms per step, {:.1}% of this invocation's {:.1} s",
+        seconds,
+        1e3 * seconds / summary.session_steps.max(1) as f64,
+        100.0 * seconds / summary.session_seconds.max(1e-9),
+        summary.session_seconds
+    );
 }
 
 fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {

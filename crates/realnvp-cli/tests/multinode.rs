@@ -192,7 +192,7 @@ fn an_unreachable_orchestrator_is_a_clear_error() {
 }
 
 #[test]
-#[ignore = "blocked on burn-collective 0.21: a second all-reduce across nodes never returns (its SyncService never empties its peer list); runs stop after joining until it is fixed"]
+#[ignore = "blocked on burn-collective 0.21: a second all-reduce across nodes never returns (its SyncService never empties its peer list); runs stop after joining (Burn removed burn-collective after 0.21)"]
 fn two_nodes_end_identical_and_equal_to_two_workers_in_one_process() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (run0, run1, local) = (
@@ -244,7 +244,7 @@ fn two_nodes_end_identical_and_equal_to_two_workers_in_one_process() {
 }
 
 #[test]
-#[ignore = "blocked on burn-collective 0.21: a second all-reduce across nodes never returns (its SyncService never empties its peer list); runs stop after joining until it is fixed"]
+#[ignore = "blocked on burn-collective 0.21: a second all-reduce across nodes never returns (its SyncService never empties its peer list); runs stop after joining (Burn removed burn-collective after 0.21)"]
 fn a_killed_node_stops_the_other_naming_it_and_the_run_resumes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (run0, run1) = (dir.path().join("node0"), dir.path().join("node1"));

@@ -88,6 +88,9 @@ pub struct ParallelSummary {
     /// parameter ids) each worker on this machine ended with, in local order; the run
     /// checked that every worker's equals every other's.
     pub fingerprints: Vec<u64>,
+    /// Per worker on this machine, in local order: seconds spent combining steps
+    /// (packing gradients and running averages, the all-reduce itself, unpacking).
+    pub reduce_seconds: Vec<f64>,
 }
 
 /// A worker waiting in a collective call for longer than this makes the watchdog probe
@@ -102,9 +105,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// all-reduce per registration: its node's `SyncService::sync` never empties its list of
 /// synced peers (it clears a copy), so the second all-reduce across nodes waits forever.
 /// The roll call (addresses, device counts, settings) is that one all-reduce; training
-/// needs thousands. Until burn-collective is fixed, a multi-node run stops here with this
+/// needs thousands. Burn removed burn-collective after 0.21 (its commit 6a02d2055), so no
+/// fixed release will come; a multi-node run stops here with this
 /// error rather than hang.
-const MULTI_NODE_BLOCKED: &str = "the nodes joined and agree on their settings, but multi-node training cannot run on burn-collective 0.21: its second all-reduce across nodes never returns (the node's SyncService keeps every earlier sync in its peer list). Train on one machine with --devices until burn-collective is fixed";
+const MULTI_NODE_BLOCKED: &str = "the nodes joined and agree on their settings, but multi-node training cannot run on burn-collective 0.21: its second all-reduce across nodes never returns (the node's SyncService keeps every earlier sync in its peer list). Train on one machine with --devices";
 
 /// Bytes of a node address in the roll call.
 const ADDRESS_BYTES: usize = 128;
@@ -149,6 +153,7 @@ where
             device: device.clone(),
             watch: watch.clone(),
             fingerprint: Mutex::new(None),
+            reduce_nanos: AtomicU64::new(0),
         };
         let (config, options, splits) = (config.clone(), options.clone(), splits.clone());
         let (collective, node, results) = (collective.clone(), node.clone(), results.clone());
@@ -186,64 +191,55 @@ fn collect_results(
     node_rank: usize,
     workers: usize,
 ) -> Result<ParallelSummary, TrainError> {
-    let mut leader = None;
-    let mut fingerprints = vec![0; per_node];
-    let mut done = 0;
-    while done < per_node {
+    // Per local worker: its end, once reported.
+    let mut ends: Vec<Option<WorkerEnd>> = (0..per_node).map(|_| None).collect();
+    let first_rank = node_rank * per_node;
+    let record = |ends: &mut [Option<WorkerEnd>],
+                  (rank, result): (usize, Result<WorkerEnd, TrainError>)| {
+        ends[rank - first_rank] = Some(result?);
+        Ok::<_, TrainError>(())
+    };
+    let mut reported = 0;
+    while reported < per_node {
         if let Some(lost) = watch.failure.lock().ok().and_then(|mut f| f.take()) {
             return Err(lost);
         }
-        if let Some(started) = watch.joining_since() {
-            if let Some(deadline) = *watch.join_timeout.lock().map_err(poisoned)? {
-                if started.elapsed() > deadline {
-                    return Err(TrainError::collective(format!(
-                        "the run's workers did not all join within {} s: check that the orchestrator runs, that every node started with the same --nodes and --devices, and that each --node-address is reachable from the other machines",
-                        deadline.as_secs()
-                    )));
-                }
-            }
-        }
+        watch.check_join_deadline()?;
         match finished.recv_timeout(Duration::from_millis(200)) {
-            Ok((rank, Ok(end))) => {
-                done += 1;
-                fingerprints[rank - node_rank * per_node] = end.fingerprint;
-                if end.summary.is_some() {
-                    leader = end.summary;
-                }
+            Ok(message) => {
+                record(&mut ends, message)?;
+                reported += 1;
             }
-            Ok((_, Err(e))) => return Err(e),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(i) = handles.iter().position(|h| h.is_finished()) {
-                    // A finished thread sends its result first; give it a moment.
-                    if let Ok((rank, result)) = finished.recv_timeout(Duration::from_millis(500)) {
-                        match result {
-                            Ok(end) => {
-                                done += 1;
-                                fingerprints[rank - node_rank * per_node] = end.fingerprint;
-                                if end.summary.is_some() {
-                                    leader = end.summary;
-                                }
-                                continue;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
+                // A thread that ended without reporting panicked. A finished thread sends
+                // its result before it ends, so drain what arrived before judging.
+                while let Ok(message) = finished.try_recv() {
+                    record(&mut ends, message)?;
+                    reported += 1;
+                }
+                let silent = handles
+                    .iter()
+                    .enumerate()
+                    .find(|(local, handle)| handle.is_finished() && ends[*local].is_none());
+                if let Some((local, _)) = silent {
                     return Err(TrainError::collective(format!(
                         "worker {} (node rank {node_rank}) stopped without a result (it panicked)",
-                        node_rank * per_node + i
+                        first_rank + local
                     )));
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    if done < per_node {
-        return Err(TrainError::collective("a worker ended without a result"));
-    }
+    let ends = ends
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| TrainError::collective("a worker ended without a result"))?;
     Ok(ParallelSummary {
-        leader,
         workers,
-        fingerprints,
+        fingerprints: ends.iter().map(|end| end.fingerprint).collect(),
+        reduce_seconds: ends.iter().map(|end| end.reduce_seconds).collect(),
+        leader: ends.into_iter().find_map(|end| end.summary),
     })
 }
 
@@ -363,6 +359,7 @@ fn wait_for(address: &str, flag: &str, timeout: Duration) -> Result<(), TrainErr
 struct WorkerEnd {
     summary: Option<TrainSummary>,
     fingerprint: u64,
+    reduce_seconds: f64,
 }
 
 /// What this machine's workers and the watchdog share.
@@ -394,6 +391,23 @@ impl Watch {
 
     fn joining_since(&self) -> Option<Instant> {
         self.joining.lock().ok().and_then(|j| *j)
+    }
+
+    /// An error once the workers have waited for the others to join longer than allowed.
+    fn check_join_deadline(&self) -> Result<(), TrainError> {
+        let (Some(started), Some(deadline)) = (
+            self.joining_since(),
+            *self.join_timeout.lock().map_err(poisoned)?,
+        ) else {
+            return Ok(());
+        };
+        if started.elapsed() <= deadline {
+            return Ok(());
+        }
+        Err(TrainError::collective(format!(
+            "the run's workers did not all join within {} s: check that the orchestrator runs, that every node started with the same --nodes and --devices, and that each --node-address is reachable from the other machines",
+            deadline.as_secs()
+        )))
     }
 
     /// The longest current wait of a local worker in a collective call.
@@ -463,6 +477,8 @@ struct Peer<B: AutodiffBackend> {
     watch: Arc<Watch>,
     /// The replica's fingerprint, once compared with the others at the end of the run.
     fingerprint: Mutex<Option<u64>>,
+    /// Nanoseconds spent in `reduce_step` so far.
+    reduce_nanos: AtomicU64,
 }
 
 impl<B: AutodiffConvBackend> Peer<B> {
@@ -498,6 +514,7 @@ impl<B: AutodiffConvBackend> Peer<B> {
         Ok(WorkerEnd {
             summary,
             fingerprint,
+            reduce_seconds: self.reduce_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
         })
     }
 
@@ -722,6 +739,27 @@ impl<B: AutodiffConvBackend> Replicas<B> for Peer<B> {
         grads: GradientsParams,
         bits_per_dim: f64,
     ) -> Result<ReducedStep<B>, TrainError> {
+        let started = Instant::now();
+        let reduced = self.combine(model, grads, bits_per_dim);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.reduce_nanos.fetch_add(nanos, Ordering::Relaxed);
+        reduced
+    }
+
+    fn check_identical(&self, model: &Flow<B>) -> Result<(), TrainError> {
+        self.check_fingerprints(model_fingerprint(model)?)
+    }
+}
+
+impl<B: AutodiffConvBackend> Peer<B> {
+    /// One step's combination: every gradient, running average and the shard's bits/dim
+    /// in one flat all-reduce, then the averages put back into the model and gradients.
+    fn combine(
+        &self,
+        model: Flow<B>,
+        grads: GradientsParams,
+        bits_per_dim: f64,
+    ) -> Result<ReducedStep<B>, TrainError> {
         // The forward pass left its running-average updates pending per thread; a record
         // settles them into the values the visitors below read and write.
         let _ = model.clone().into_record();
@@ -768,10 +806,6 @@ impl<B: AutodiffConvBackend> Replicas<B> for Peer<B> {
             grads: unpack.grads,
             bits_per_dim: tail[present_len] as f64 / self.workers as f64,
         })
-    }
-
-    fn check_identical(&self, model: &Flow<B>) -> Result<(), TrainError> {
-        self.check_fingerprints(model_fingerprint(model)?)
     }
 }
 
@@ -889,4 +923,55 @@ pub fn run_orchestrator(port: u16) -> Result<(), TrainError> {
         .map_err(|e| TrainError::collective(format!("cannot start the orchestrator: {e}")))?;
     runtime.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(fingerprint: u64) -> WorkerEnd {
+        WorkerEnd {
+            summary: None,
+            fingerprint,
+            reduce_seconds: 0.5,
+        }
+    }
+
+    /// A worker that finishes long before the others (a non-leader skips the final
+    /// evaluation) has reported: it is not taken for one that panicked.
+    #[test]
+    fn early_finishers_are_not_taken_for_panics() {
+        let (results, finished) = mpsc::channel();
+        let early = results.clone();
+        let handles = vec![
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1200));
+                let _ = results.send((0, Ok(end(7))));
+            }),
+            std::thread::spawn(move || {
+                let _ = early.send((1, Ok(end(7))));
+            }),
+        ];
+        let summary = collect_results(&Watch::new(2), &finished, &handles, 2, 0, 2)
+            .expect("both workers reported");
+        assert_eq!(summary.fingerprints, vec![7, 7]);
+        assert_eq!(summary.reduce_seconds, vec![0.5, 0.5]);
+    }
+
+    /// A worker thread that ends without a result is named.
+    #[test]
+    fn a_silent_worker_is_named() {
+        let (results, finished) = mpsc::channel::<(usize, Result<WorkerEnd, TrainError>)>();
+        let keep = results.clone();
+        let handles = vec![
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = keep.send((2, Ok(end(1))));
+            }),
+            std::thread::spawn(move || drop(results)),
+        ];
+        let error = collect_results(&Watch::new(2), &finished, &handles, 2, 1, 4)
+            .expect_err("worker 3 sent nothing");
+        assert!(error.to_string().contains("worker 3"), "{error}");
+    }
 }

@@ -56,8 +56,12 @@ pub struct TrainSummary {
     pub test: Evaluation,
     /// Training seconds in total (resumed runs included).
     pub seconds: f64,
-    /// Training examples per second in this invocation.
+    /// Training examples per second in this invocation (up to its final evaluation).
     pub images_per_second: f64,
+    /// Steps done in this invocation.
+    pub session_steps: u64,
+    /// Wall-clock seconds of this invocation up to its final evaluation.
+    pub session_seconds: f64,
     /// Whether the run stopped on an interrupt.
     pub interrupted: bool,
     /// Non-finite steps skipped in total.
@@ -401,8 +405,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         };
         leader.journal.clear_progress();
         self.state.elapsed_seconds = self.elapsed();
-        let test = self.evaluate_and_draw(None)?;
+        // Throughput counts training (with its periodic evaluations), not the final one.
         let seconds_here = self.started.elapsed().as_secs_f64();
+        let test = self.evaluate_and_draw(None)?;
         let t = &self.config.train;
         let rate = (self.state.step - self.start_step) as f64 * t.batch_size as f64
             / seconds_here.max(1e-9);
@@ -420,6 +425,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             test,
             seconds: self.state.elapsed_seconds,
             images_per_second: rate,
+            session_steps: self.state.step - self.start_step,
+            session_seconds: seconds_here,
             interrupted: self.interrupted,
             skipped_steps: self.state.skipped_steps,
             export,
