@@ -117,3 +117,10 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         }
     }
 }
+
+/// Training differentiates the default body (Burn's broadcast arithmetic and `relu`);
+/// evaluation runs on the inner backend's fused kernel.
+impl<B: crate::AffineReluBackend, C: CheckpointStrategy> crate::AffineReluBackend
+    for Autodiff<B, C>
+{
+}

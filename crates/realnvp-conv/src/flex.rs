@@ -62,6 +62,62 @@ impl ConvBackend for Flex {
     }
 }
 
+impl crate::AffineReluBackend for Flex {
+    fn channel_affine_relu(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
+        if !all_f32(&[Some(&x), Some(&scale), Some(&shift)]) {
+            return default_affine_relu(x, scale, shift);
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let (x, scale, shift) = (contiguous(x), contiguous(scale), contiguous(shift));
+        let y = affine_relu(f32s(&x), f32s(&scale), f32s(&shift), n, h * w);
+        tensor(y, [n, c, h, w])
+    }
+}
+
+/// The trait's default body, for dtypes the kernel does not handle.
+fn default_affine_relu(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
+    // The default body's arithmetic (Flex overrides the method itself).
+    let x =
+        burn::tensor::Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(x));
+    let c = x.dims()[1];
+    let per_channel = |v: FlexTensor| {
+        burn::tensor::Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(v))
+            .reshape([1, c, 1, 1])
+    };
+    burn::tensor::activation::relu(x * per_channel(scale) + per_channel(shift))
+        .into_primitive()
+        .tensor()
+}
+
+/// Tensors of at least this many values are split across rayon's threads, a plane a task.
+const PARALLEL_PLANES: usize = 1 << 14;
+
+/// `max(0, x * scale[c] + shift[c])` over `n` examples of `scale.len()` planes of `plane`
+/// values each, one plane (or a run of small planes) per rayon task.
+fn affine_relu(x: &[f32], scale: &[f32], shift: &[f32], n: usize, plane: usize) -> Vec<f32> {
+    let c = scale.len();
+    let mut y = vec![0.0f32; n * c * plane];
+    let map = |(index, (out, input)): (usize, (&mut [f32], &[f32]))| {
+        let (a, b) = (scale[index % c], shift[index % c]);
+        for (o, &v) in out.iter_mut().zip(input) {
+            *o = (v * a + b).max(0.0);
+        }
+    };
+    let plane = plane.max(1);
+    if y.len() >= PARALLEL_PLANES && n * c > 1 {
+        y.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(map);
+    } else {
+        y.chunks_mut(plane)
+            .zip(x.chunks(plane))
+            .enumerate()
+            .for_each(map);
+    }
+    y
+}
+
 fn all_f32(tensors: &[Option<&FlexTensor>]) -> bool {
     tensors.iter().flatten().all(|t| t.dtype() == DType::F32)
 }
@@ -413,5 +469,38 @@ mod tests {
         assert_eq!(ours.dims(), [2, 4, 5, 4]);
         let worst = (ours - theirs).abs().max().into_scalar();
         assert!(worst < 1e-4, "largest difference {worst}");
+    }
+
+    /// The fused kernel against Burn's broadcast arithmetic and `relu`: large (threaded)
+    /// and small (sequential) tensors, a 1x1 plane, a strided view, negative scales.
+    #[test]
+    fn affine_relu_matches_burn_arithmetic() {
+        use burn::tensor::{Distribution, Tensor};
+        let device = Default::default();
+        let check = |x: Tensor<Flex, 4>| {
+            let c = x.dims()[1];
+            let scale = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 1.5), &device);
+            let shift = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 1.0), &device);
+            let ours = crate::channel_affine_relu(x.clone(), scale.clone(), shift.clone());
+            let theirs = default_affine_relu(
+                x.clone().into_primitive().tensor(),
+                scale.into_primitive().tensor(),
+                shift.into_primitive().tensor(),
+            );
+            let theirs =
+                Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(theirs));
+            assert_eq!(ours.dims(), x.dims());
+            let worst = (ours.clone() - theirs).abs().max().into_scalar();
+            assert!(worst <= 1e-6, "{:?}: largest difference {worst}", x.dims());
+            let zeros = ours.lower_equal_elem(0.0).int().sum().into_scalar();
+            assert!(zeros > 0, "{:?}: ReLU never clipped", x.dims());
+        };
+        let normal = |shape: [usize; 4]| {
+            Tensor::<Flex, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        check(normal([5, 3, 63, 61]));
+        check(normal([3, 7, 5, 4]));
+        check(normal([6, 5, 1, 1]));
+        check(normal([4, 6, 40, 30]).swap_dims(1, 2));
     }
 }

@@ -23,11 +23,12 @@ pub fn same_3x3() -> ConvOptions<2> {
     ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
 }
 
-/// A backend with a 3x3 same-padding convolution, forward and backward.
+/// A backend with a 3x3 same-padding convolution, forward and backward, and the other
+/// kernels of the s/t networks ([`AffineReluBackend`]).
 ///
 /// Shapes: input `x` is `[batch, in, height, width]`, `weight` is `[out, in, 3, 3]`, `bias`
 /// is `[out]`, the output and its gradient are `[batch, out, height, width]`.
-pub trait ConvBackend: Backend {
+pub trait ConvBackend: AffineReluBackend {
     /// The convolution `y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]` (cross-correlation,
     /// zero padding of one pixel), `[batch, out, height, width]`.
     fn conv3x3(
@@ -51,6 +52,56 @@ pub trait ConvBackend: Backend {
         let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, same_3x3());
         (x_grad, weight_grad)
     }
+}
+
+/// A backend with the s/t networks' per-channel affine map followed by ReLU: batch norm in
+/// evaluation (running averages folded into one scale and one shift per channel), then the
+/// activation, as one pass over the tensor.
+///
+/// Shapes: `x` is `[batch, channels, height, width]`, `scale` and `shift` are `[channels]`.
+pub trait AffineReluBackend: Backend {
+    /// `max(0, x[n, c] * scale[c] + shift[c])`, `[batch, channels, height, width]`. The
+    /// default body is Burn's broadcast arithmetic and `relu`, differentiable on autodiff
+    /// backends.
+    fn channel_affine_relu(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        let channels = x.dims()[1];
+        let per_channel = |v: FloatTensor<Self>| {
+            Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(v))
+                .reshape([1, channels, 1, 1])
+        };
+        let y = x * per_channel(scale) + per_channel(shift);
+        burn::tensor::activation::relu(y).into_primitive().tensor()
+    }
+}
+
+/// `max(0, x * scale + shift)` with `scale` and `shift` `[channels]` applied per channel of
+/// `x` (`[batch, channels, height, width]`), on the backend's own kernel.
+///
+/// # Panics
+/// If `scale` or `shift` is not `[channels]`.
+pub fn channel_affine_relu<B: AffineReluBackend>(
+    x: Tensor<B, 4>,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+) -> Tensor<B, 4> {
+    let channels = x.dims()[1];
+    assert!(
+        scale.dims() == [channels] && shift.dims() == [channels],
+        "channel_affine_relu: scale and shift must be [{channels}], got {:?} and {:?}",
+        scale.dims(),
+        shift.dims()
+    );
+    let output = B::channel_affine_relu(
+        x.into_primitive().tensor(),
+        scale.into_primitive().tensor(),
+        shift.into_primitive().tensor(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(output))
 }
 
 /// An autodiff backend whose inner backend has the convolution too: what training needs

@@ -5,6 +5,9 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
 
+use burn::tensor::activation::relu;
+use realnvp_conv::{channel_affine_relu, AffineReluBackend};
+
 use crate::channels::{add_channels, mul_channels, sum_channels};
 
 /// Batch norm over dimension 1 with learned scale and shift; batch statistics in training
@@ -66,6 +69,23 @@ impl<B: Backend> ChannelNorm<B> {
     }
 }
 
+impl<B: AffineReluBackend> ChannelNorm<B> {
+    /// `relu(self.forward(x))` on `[batch, channels, h, w]`. In evaluation the running
+    /// averages fold into one scale and one shift per channel, applied with the ReLU in
+    /// one pass ([`channel_affine_relu`]).
+    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        if B::ad_enabled(&device) {
+            return relu(self.forward(x));
+        }
+        let mean = self.running_mean.value().to_device(&device);
+        let var = self.running_var.value().to_device(&device);
+        let scale = self.gamma.val() / var.add_scalar(self.epsilon).sqrt();
+        let shift = self.beta.val() - mean * scale.clone();
+        channel_affine_relu(x, scale, shift)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +121,27 @@ mod tests {
         let x = uniform::<Cpu, 4>([4, 3, 5, 5], -2.0, 3.0, 3);
         assert!(
             max_abs_diff(ours.valid().forward(x.clone()), theirs.valid().forward(x)) < 1e-5,
+            "evaluation"
+        );
+    }
+
+    #[test]
+    fn forward_relu_is_relu_of_forward_in_training_and_evaluation() {
+        use burn::module::AutodiffModule;
+        use burn::tensor::activation::relu;
+        let norm = perturb(ChannelNorm::<CpuTrain>::new(5, &Default::default()), 0.5, 4);
+        // Running averages away from (0, 1), so that folding them in is exercised.
+        let x = uniform::<CpuTrain, 4>([6, 5, 9, 7], -1.0, 4.0, 5);
+        let _ = norm.forward(x);
+        let x = uniform::<CpuTrain, 4>([3, 5, 9, 7], -2.0, 3.0, 6);
+        assert!(
+            max_abs_diff(norm.forward_relu(x.clone()), relu(norm.forward(x))) < 1e-6,
+            "training"
+        );
+        let norm = norm.valid();
+        let x = uniform::<Cpu, 4>([3, 5, 9, 7], -2.0, 3.0, 7);
+        assert!(
+            max_abs_diff(norm.forward_relu(x.clone()), relu(norm.forward(x))) < 1e-5,
             "evaluation"
         );
     }

@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
-use burn::tensor::{activation::relu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::channel_norm::ChannelNorm;
 use crate::coupling::CouplingNet;
@@ -33,8 +33,8 @@ impl<B: ConvBackend> ResidualBlock<B> {
 
     /// `[batch, features, h, w] -> [batch, features, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(relu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(relu(self.norm2.forward(h)));
+        let h = self.conv1.forward(self.norm1.forward_relu(x.clone()));
+        let h = self.conv2.forward(self.norm2.forward_relu(h));
         x + h
     }
 }
@@ -84,7 +84,7 @@ impl<B: ConvBackend> CouplingNet<B, 4> for ResNet<B> {
             .iter()
             .fold(self.input.forward(input), |h, block| block.forward(h));
         let out = conv3x3(
-            relu(self.norm.forward(h)),
+            self.norm.forward_relu(h),
             self.output.weight.val(),
             self.output.bias.as_ref().map(|bias| bias.val()),
         );
