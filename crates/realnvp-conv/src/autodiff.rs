@@ -9,7 +9,9 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 
-use crate::ConvBackend;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::{ConvBackend, NormReluBackend};
 
 /// The backward step of `conv3x3` without bias; parents `[x, weight]`.
 #[derive(Debug)]
@@ -118,9 +120,91 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     }
 }
 
-/// Training differentiates the default body (Burn's broadcast arithmetic and `relu`);
-/// evaluation runs on the inner backend's fused kernel.
-impl<B: crate::AffineReluBackend, C: CheckpointStrategy> crate::AffineReluBackend
-    for Autodiff<B, C>
-{
+/// The backward step of `batch_norm_relu`; parents `[x, gamma, beta]`, state the inputs,
+/// the batch statistics and epsilon.
+#[derive(Debug)]
+struct BatchNormRelu;
+
+type BatchNormState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    f64,
+);
+
+impl<B: NormReluBackend> Backward<B, 3> for BatchNormRelu {
+    type State = BatchNormState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let parents = ops
+            .parents
+            .each_ref()
+            .map(|node| node.as_ref().map(|n| n.id));
+        if parents.iter().all(Option::is_none) {
+            return;
+        }
+        let (x, gamma, beta, mean, var, epsilon) = ops.state;
+        let (x_grad, gamma_grad, beta_grad) =
+            B::batch_norm_relu_backward(x, gamma, beta, mean, var, epsilon, grad);
+        for (parent, value) in parents.into_iter().zip([x_grad, gamma_grad, beta_grad]) {
+            if let Some(id) = parent {
+                grads.register::<B>(id, value);
+            }
+        }
+    }
+}
+
+/// Training runs the inner backend's batch-norm kernels when it has them
+/// (`FUSED_BATCH_NORM`), and otherwise differentiates the plain composition, as before.
+/// Evaluation's affine + ReLU differentiates the default body.
+impl<B: NormReluBackend, C: CheckpointStrategy> NormReluBackend for Autodiff<B, C> {
+    fn batch_norm_relu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if !B::FUSED_BATCH_NORM {
+            let (y, mean, var) = crate::composed::batch_norm_relu::<Self>(
+                crate::float(x),
+                crate::float(gamma),
+                crate::float(beta),
+                epsilon,
+            );
+            return (
+                y.into_primitive().tensor(),
+                mean.into_primitive().tensor(),
+                var.into_primitive().tensor(),
+            );
+        }
+        let (y, mean, var) = B::batch_norm_relu(
+            x.primitive.clone(),
+            gamma.primitive.clone(),
+            beta.primitive.clone(),
+            epsilon,
+        );
+        let statistics = (
+            Self::from_inner(mean.clone()),
+            Self::from_inner(var.clone()),
+        );
+        let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        let y = match BatchNormRelu.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(
+                (
+                    x.primitive,
+                    gamma.primitive,
+                    beta.primitive,
+                    mean,
+                    var,
+                    epsilon,
+                ),
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, statistics.0, statistics.1)
+    }
 }

@@ -1,8 +1,8 @@
-//! `ConvBackend` and `AffineReluBackend` for the backends realnvp-rs ships, each behind its
+//! `ConvBackend` and `NormReluBackend` for the backends realnvp-rs ships, each behind its
 //! cargo feature. All but Flex keep Burn's own operations (the traits' default bodies).
 
 #[cfg(feature = "ndarray")]
-impl<E, I, Q> crate::AffineReluBackend for burn_ndarray::NdArray<E, I, Q>
+impl<E, I, Q> crate::NormReluBackend for burn_ndarray::NdArray<E, I, Q>
 where
     E: burn_ndarray::FloatNdArrayElement,
     I: burn_ndarray::IntNdArrayElement,
@@ -26,9 +26,9 @@ where
 #[cfg(feature = "wgpu")]
 impl crate::ConvBackend for burn_wgpu::Wgpu {}
 #[cfg(feature = "wgpu")]
-impl crate::AffineReluBackend for burn_wgpu::Wgpu {}
+impl crate::NormReluBackend for burn_wgpu::Wgpu {}
 
 #[cfg(feature = "cuda")]
 impl crate::ConvBackend for burn_cuda::Cuda {}
 #[cfg(feature = "cuda")]
-impl crate::AffineReluBackend for burn_cuda::Cuda {}
+impl crate::NormReluBackend for burn_cuda::Cuda {}

@@ -16,7 +16,7 @@ use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor, Layout};
 use rayon::prelude::*;
 
-use crate::ConvBackend;
+use crate::{composed, ConvBackend};
 
 impl ConvBackend for Flex {
     fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
@@ -62,31 +62,228 @@ impl ConvBackend for Flex {
     }
 }
 
-impl crate::AffineReluBackend for Flex {
+impl crate::NormReluBackend for Flex {
+    const FUSED_BATCH_NORM: bool = true;
+
     fn channel_affine_relu(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
         if !all_f32(&[Some(&x), Some(&scale), Some(&shift)]) {
-            return default_affine_relu(x, scale, shift);
+            return composed::affine_relu::<Flex>(float(x), float(scale), float(shift))
+                .into_primitive()
+                .tensor();
         }
         let [n, c, h, w] = x.shape().dims();
         let (x, scale, shift) = (contiguous(x), contiguous(scale), contiguous(shift));
         let y = affine_relu(f32s(&x), f32s(&scale), f32s(&shift), n, h * w);
         tensor(y, [n, c, h, w])
     }
+
+    fn batch_norm_relu(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        if !all_f32(&[Some(&x), Some(&gamma), Some(&beta)]) {
+            let (y, mean, var) =
+                composed::batch_norm_relu::<Flex>(float(x), float(gamma), float(beta), epsilon);
+            return (
+                y.into_primitive().tensor(),
+                mean.into_primitive().tensor(),
+                var.into_primitive().tensor(),
+            );
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let shape = Planes { n, c, plane: h * w };
+        let (mean, var) = channel_statistics(f32s(&x), shape);
+        let (scale, shift): (Vec<f32>, Vec<f32>) = (0..c)
+            .map(|ch| {
+                let scale = f32s(&gamma)[ch] / (var[ch] as f64 + epsilon).sqrt() as f32;
+                (scale, f32s(&beta)[ch] - mean[ch] * scale)
+            })
+            .unzip();
+        let y = affine_relu(f32s(&x), &scale, &shift, n, h * w);
+        (tensor(y, [n, c, h, w]), tensor(mean, [c]), tensor(var, [c]))
+    }
+
+    fn batch_norm_relu_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        epsilon: f64,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let inputs = [&x, &gamma, &beta, &mean, &var, &output_grad].map(Some);
+        if !all_f32(&inputs) {
+            let (x_grad, gamma_grad, beta_grad) = composed::batch_norm_relu_backward::<Flex>(
+                float(x),
+                float(gamma),
+                float(beta),
+                float(mean),
+                float(var),
+                epsilon,
+                float(output_grad),
+            );
+            return (
+                x_grad.into_primitive().tensor(),
+                gamma_grad.into_primitive().tensor(),
+                beta_grad.into_primitive().tensor(),
+            );
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let [x, gamma, beta, mean, var, grad] =
+            [x, gamma, beta, mean, var, output_grad].map(contiguous);
+        let shape = Planes { n, c, plane: h * w };
+        let normaliser = Normaliser {
+            mean: f32s(&mean),
+            inv_sigma: &f32s(&var)
+                .iter()
+                .map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32)
+                .collect::<Vec<_>>(),
+            gamma: f32s(&gamma),
+            beta: f32s(&beta),
+        };
+        let (x, grad) = (f32s(&x), f32s(&grad));
+        let (gamma_grad, beta_grad) = normaliser.parameter_grads(x, grad, shape);
+        let x_grad = normaliser.input_grad(x, grad, &gamma_grad, &beta_grad, shape);
+        (
+            tensor(x_grad, [n, c, h, w]),
+            tensor(gamma_grad, [c]),
+            tensor(beta_grad, [c]),
+        )
+    }
 }
 
-/// The trait's default body, for dtypes the kernel does not handle.
-fn default_affine_relu(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
-    // The default body's arithmetic (Flex overrides the method itself).
-    let x =
-        burn::tensor::Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(x));
-    let c = x.dims()[1];
-    let per_channel = |v: FlexTensor| {
-        burn::tensor::Tensor::<Flex, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(v))
-            .reshape([1, c, 1, 1])
+/// A float primitive as a Flex tensor of rank `D`.
+fn float<const D: usize>(t: FlexTensor) -> burn::tensor::Tensor<Flex, D> {
+    burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t))
+}
+
+/// A contiguous `[n, c, plane]` tensor: `n * c` planes of `plane` values, channel `i % c`
+/// for plane `i`.
+#[derive(Clone, Copy)]
+struct Planes {
+    n: usize,
+    c: usize,
+    plane: usize,
+}
+
+impl Planes {
+    /// Channel `ch`'s planes in `values`, one per example.
+    fn of_channel(self, values: &[f32], ch: usize) -> impl Iterator<Item = &[f32]> {
+        (0..self.n).map(move |i| &values[(i * self.c + ch) * self.plane..][..self.plane])
+    }
+
+    /// Examples times pixels per channel.
+    fn count(self) -> f64 {
+        (self.n * self.plane) as f64
+    }
+}
+
+/// Per-channel mean and biased variance (two passes, accumulated in f64), channels split
+/// across rayon's threads.
+fn channel_statistics(x: &[f32], shape: Planes) -> (Vec<f32>, Vec<f32>) {
+    let stats = |ch: usize| {
+        let sum: f64 = shape
+            .of_channel(x, ch)
+            .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+            .sum();
+        let mean = sum / shape.count();
+        let squares: f64 = shape
+            .of_channel(x, ch)
+            .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+            .sum();
+        (mean as f32, (squares / shape.count()) as f32)
     };
-    burn::tensor::activation::relu(x * per_channel(scale) + per_channel(shift))
-        .into_primitive()
-        .tensor()
+    if x.len() >= PARALLEL_PLANES {
+        (0..shape.c).into_par_iter().map(stats).unzip()
+    } else {
+        (0..shape.c).map(stats).unzip()
+    }
+}
+
+/// One plane's share of the input gradient: its output, input and output-gradient values.
+type PlaneTask<'a> = (&'a mut [f32], (&'a [f32], &'a [f32]));
+
+/// What the backward pass of batch norm + ReLU needs per channel.
+struct Normaliser<'a> {
+    mean: &'a [f32],
+    inv_sigma: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+}
+
+impl Normaliser<'_> {
+    /// `(x^, g)` of one value of channel `ch`: the normalised input and the output
+    /// gradient where the ReLU passed (zero where it clipped).
+    #[inline]
+    fn point(&self, ch: usize, x: f32, grad: f32) -> (f32, f32) {
+        let normalised = (x - self.mean[ch]) * self.inv_sigma[ch];
+        let passed = normalised * self.gamma[ch] + self.beta[ch] > 0.0;
+        (normalised, if passed { grad } else { 0.0 })
+    }
+
+    /// `(d/dgamma, d/dbeta)`: per channel, `sum g x^` and `sum g`.
+    fn parameter_grads(&self, x: &[f32], grad: &[f32], shape: Planes) -> (Vec<f32>, Vec<f32>) {
+        let sums = |ch: usize| {
+            let (mut gamma_grad, mut beta_grad) = (0.0f64, 0.0f64);
+            for (xs, gs) in shape.of_channel(x, ch).zip(shape.of_channel(grad, ch)) {
+                let (mut gx, mut g) = (0.0f32, 0.0f32);
+                for (&xv, &gv) in xs.iter().zip(gs) {
+                    let (normalised, passed) = self.point(ch, xv, gv);
+                    gx += passed * normalised;
+                    g += passed;
+                }
+                gamma_grad += gx as f64;
+                beta_grad += g as f64;
+            }
+            (gamma_grad as f32, beta_grad as f32)
+        };
+        if x.len() >= PARALLEL_PLANES {
+            (0..shape.c).into_par_iter().map(sums).unzip()
+        } else {
+            (0..shape.c).map(sums).unzip()
+        }
+    }
+
+    /// `d/dx = gamma / sigma (g - dbeta / M - x^ dgamma / M)`, a plane per rayon task.
+    fn input_grad(
+        &self,
+        x: &[f32],
+        grad: &[f32],
+        gamma_grad: &[f32],
+        beta_grad: &[f32],
+        shape: Planes,
+    ) -> Vec<f32> {
+        let mut x_grad = vec![0.0f32; x.len()];
+        let count = shape.count() as f32;
+        let plane = shape.plane.max(1);
+        let fill = |(index, (out, (xs, gs))): (usize, PlaneTask)| {
+            let ch = index % shape.c;
+            let factor = self.gamma[ch] * self.inv_sigma[ch];
+            let (mean_g, mean_gx) = (beta_grad[ch] / count, gamma_grad[ch] / count);
+            for ((o, &xv), &gv) in out.iter_mut().zip(xs).zip(gs) {
+                let (normalised, passed) = self.point(ch, xv, gv);
+                *o = factor * (passed - mean_g - normalised * mean_gx);
+            }
+        };
+        if x.len() >= PARALLEL_PLANES {
+            x_grad
+                .par_chunks_mut(plane)
+                .zip(x.par_chunks(plane).zip(grad.par_chunks(plane)))
+                .enumerate()
+                .for_each(fill);
+        } else {
+            x_grad
+                .chunks_mut(plane)
+                .zip(x.chunks(plane).zip(grad.chunks(plane)))
+                .enumerate()
+                .for_each(fill);
+        }
+        x_grad
+    }
 }
 
 /// Tensors of at least this many values are split across rayon's threads, a plane a task.
@@ -482,13 +679,7 @@ mod tests {
             let scale = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 1.5), &device);
             let shift = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 1.0), &device);
             let ours = crate::channel_affine_relu(x.clone(), scale.clone(), shift.clone());
-            let theirs = default_affine_relu(
-                x.clone().into_primitive().tensor(),
-                scale.into_primitive().tensor(),
-                shift.into_primitive().tensor(),
-            );
-            let theirs =
-                Tensor::<Flex, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(theirs));
+            let theirs = composed::affine_relu(x.clone(), scale, shift);
             assert_eq!(ours.dims(), x.dims());
             let worst = (ours.clone() - theirs).abs().max().into_scalar();
             assert!(worst <= 1e-6, "{:?}: largest difference {worst}", x.dims());
@@ -502,5 +693,15 @@ mod tests {
         check(normal([3, 7, 5, 4]));
         check(normal([6, 5, 1, 1]));
         check(normal([4, 6, 40, 30]).swap_dims(1, 2));
+    }
+
+    #[test]
+    fn batch_norm_relu_matches_burn_composition() {
+        // Threaded and sequential sizes, a 1x1 plane, one example, a strided view.
+        crate::tests::matches_composed_batch_norm::<Flex>(|x| x, [6, 5, 31, 29]);
+        crate::tests::matches_composed_batch_norm::<Flex>(|x| x, [3, 4, 5, 7]);
+        crate::tests::matches_composed_batch_norm::<Flex>(|x| x, [9, 3, 1, 1]);
+        crate::tests::matches_composed_batch_norm::<Flex>(|x| x, [1, 2, 6, 5]);
+        crate::tests::matches_composed_batch_norm::<Flex>(|x| x.swap_dims(2, 3), [4, 3, 8, 6]);
     }
 }

@@ -11,6 +11,7 @@
 
 mod autodiff;
 mod backends;
+pub mod composed;
 #[cfg(feature = "flex")]
 pub mod flex;
 
@@ -24,11 +25,11 @@ pub fn same_3x3() -> ConvOptions<2> {
 }
 
 /// A backend with a 3x3 same-padding convolution, forward and backward, and the other
-/// kernels of the s/t networks ([`AffineReluBackend`]).
+/// kernels of the s/t networks ([`NormReluBackend`]).
 ///
 /// Shapes: input `x` is `[batch, in, height, width]`, `weight` is `[out, in, 3, 3]`, `bias`
 /// is `[out]`, the output and its gradient are `[batch, out, height, width]`.
-pub trait ConvBackend: AffineReluBackend {
+pub trait ConvBackend: NormReluBackend {
     /// The convolution `y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]` (cross-correlation,
     /// zero padding of one pixel), `[batch, out, height, width]`.
     fn conv3x3(
@@ -54,29 +55,110 @@ pub trait ConvBackend: AffineReluBackend {
     }
 }
 
-/// A backend with the s/t networks' per-channel affine map followed by ReLU: batch norm in
-/// evaluation (running averages folded into one scale and one shift per channel), then the
-/// activation, as one pass over the tensor.
+/// A backend with the s/t networks' normalisation followed by ReLU, as fused kernels: batch
+/// norm with the batch's statistics in training (forward and backward), and in evaluation
+/// the per-channel affine map the running averages fold into.
 ///
-/// Shapes: `x` is `[batch, channels, height, width]`, `scale` and `shift` are `[channels]`.
-pub trait AffineReluBackend: Backend {
-    /// `max(0, x[n, c] * scale[c] + shift[c])`, `[batch, channels, height, width]`. The
-    /// default body is Burn's broadcast arithmetic and `relu`, differentiable on autodiff
-    /// backends.
+/// Shapes: `x` and the output are `[batch, channels, height, width]`; `scale`, `shift`,
+/// `gamma`, `beta` and the statistics are `[channels]`. The default bodies are the plain
+/// Burn compositions of [`composed`].
+pub trait NormReluBackend: Backend {
+    /// Whether `batch_norm_relu` and its backward are this backend's own kernels. When they
+    /// are not, autodiff differentiates the composition itself, as it always did.
+    const FUSED_BATCH_NORM: bool = false;
+
+    /// `max(0, x[n, c] * scale[c] + shift[c])`.
     fn channel_affine_relu(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         shift: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        let channels = x.dims()[1];
-        let per_channel = |v: FloatTensor<Self>| {
-            Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(v))
-                .reshape([1, channels, 1, 1])
-        };
-        let y = x * per_channel(scale) + per_channel(shift);
-        burn::tensor::activation::relu(y).into_primitive().tensor()
+        composed::affine_relu::<Self>(float(x), float(scale), float(shift))
+            .into_primitive()
+            .tensor()
     }
+
+    /// Batch norm with the batch's statistics, then ReLU: `(y, mean, var)`, with `y =
+    /// max(0, gamma * (x - mean) / sqrt(var + epsilon) + beta)` and the biased variance.
+    fn batch_norm_relu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, mean, var) =
+            composed::batch_norm_relu::<Self>(float(x), float(gamma), float(beta), epsilon);
+        (
+            y.into_primitive().tensor(),
+            mean.into_primitive().tensor(),
+            var.into_primitive().tensor(),
+        )
+    }
+
+    /// `(d/dx, d/dgamma, d/dbeta)` of `sum(output_grad * y)` for `y` of `batch_norm_relu`,
+    /// from its inputs and the statistics it returned.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_relu_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x_grad, gamma_grad, beta_grad) = composed::batch_norm_relu_backward::<Self>(
+            float(x),
+            float(gamma),
+            float(beta),
+            float(mean),
+            float(var),
+            epsilon,
+            float(output_grad),
+        );
+        (
+            x_grad.into_primitive().tensor(),
+            gamma_grad.into_primitive().tensor(),
+            beta_grad.into_primitive().tensor(),
+        )
+    }
+}
+
+/// A float primitive as a tensor of rank `D`.
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Batch norm with the batch's statistics followed by ReLU, on the backend's own kernel:
+/// `(y, mean, var)` for `x` `[batch, channels, h, w]` and `gamma`, `beta` `[channels]`;
+/// `mean` and the biased `var` (`[channels]`) are detached, for running averages.
+///
+/// # Panics
+/// If `gamma` or `beta` is not `[channels]`.
+pub fn batch_norm_relu<B: NormReluBackend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
+    let channels = x.dims()[1];
+    assert!(
+        gamma.dims() == [channels] && beta.dims() == [channels],
+        "batch_norm_relu: gamma and beta must be [{channels}], got {:?} and {:?}",
+        gamma.dims(),
+        beta.dims()
+    );
+    let (y, mean, var) = B::batch_norm_relu(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.into_primitive().tensor(),
+        epsilon,
+    );
+    (
+        float(y),
+        float::<B, 1>(mean).detach(),
+        float::<B, 1>(var).detach(),
+    )
 }
 
 /// `max(0, x * scale + shift)` with `scale` and `shift` `[channels]` applied per channel of
@@ -84,7 +166,7 @@ pub trait AffineReluBackend: Backend {
 ///
 /// # Panics
 /// If `scale` or `shift` is not `[channels]`.
-pub fn channel_affine_relu<B: AffineReluBackend>(
+pub fn channel_affine_relu<B: NormReluBackend>(
     x: Tensor<B, 4>,
     scale: Tensor<B, 1>,
     shift: Tensor<B, 1>,
@@ -199,6 +281,64 @@ pub(crate) mod tests {
         }
     }
 
+    /// Checks `batch_norm_relu` on `Autodiff<B>` (the backend's kernels, forward and
+    /// backward) against autodiff through [`composed::batch_norm_relu`]: the output, the
+    /// statistics and the gradients of `x`, `gamma` and `beta`. `view` turns the random
+    /// `shape` tensor into the input (e.g. a strided view).
+    pub fn matches_composed_batch_norm<B: NormReluBackend>(
+        view: impl Fn(Tensor<burn_autodiff::Autodiff<B>, 4>) -> Tensor<burn_autodiff::Autodiff<B>, 4>,
+        shape: [usize; 4],
+    ) {
+        type A<B> = burn_autodiff::Autodiff<B>;
+        let device = Default::default();
+        let x = view(Tensor::<A<B>, 4>::random(
+            shape,
+            Distribution::Normal(0.5, 2.0),
+            &device,
+        ))
+        .require_grad();
+        let c = x.dims()[1];
+        let gamma =
+            Tensor::<A<B>, 1>::random([c], Distribution::Normal(1.0, 0.5), &device).require_grad();
+        let beta =
+            Tensor::<A<B>, 1>::random([c], Distribution::Normal(0.0, 0.5), &device).require_grad();
+        let probe = Tensor::<A<B>, 4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+
+        let (ours, mean, var) = batch_norm_relu(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let (theirs, their_mean, their_var) =
+            composed::batch_norm_relu(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        assert_close(ours.clone().inner(), theirs.clone().inner(), "output");
+        assert_close(mean.inner(), their_mean.inner(), "mean");
+        assert_close(var.inner(), their_var.inner(), "variance");
+        let clipped = ours.clone().inner().lower_equal_elem(0.0).int().sum();
+        assert!(
+            clipped.into_scalar().elem::<i64>() > 0,
+            "the ReLU never clipped"
+        );
+
+        let grads_ours = (ours * probe.clone()).sum().backward();
+        let grads_theirs = (theirs * probe).sum().backward();
+        for (what, ours, theirs) in [
+            (
+                "gamma gradient",
+                gamma.grad(&grads_ours),
+                gamma.grad(&grads_theirs),
+            ),
+            (
+                "beta gradient",
+                beta.grad(&grads_ours),
+                beta.grad(&grads_theirs),
+            ),
+        ] {
+            assert_close(ours.unwrap(), theirs.unwrap(), what);
+        }
+        assert_close(
+            x.grad(&grads_ours).unwrap(),
+            x.grad(&grads_theirs).unwrap(),
+            "input gradient",
+        );
+    }
+
     fn assert_close<B: Backend, const D: usize>(
         ours: Tensor<B, D>,
         theirs: Tensor<B, D>,
@@ -226,5 +366,38 @@ pub(crate) mod tests {
         use burn_ndarray::NdArray;
         matches_burn_conv::<NdArray>([3, 2, 5, 4], 3, true);
         matches_burn_conv::<NdArray<f64>>([2, 3, 4, 4], 2, false);
+    }
+
+    /// The hand-derived backward of the composition (the trait's default body, which a
+    /// backend may call from its own kernels) against autodiff through the composition.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn composed_batch_norm_backward_matches_autodiff() {
+        use burn_autodiff::Autodiff;
+        use burn_ndarray::NdArray;
+        type A = Autodiff<NdArray>;
+        let device = Default::default();
+        let x = Tensor::<A, 4>::random([5, 3, 4, 6], Distribution::Normal(0.5, 2.0), &device)
+            .require_grad();
+        let gamma =
+            Tensor::<A, 1>::random([3], Distribution::Normal(1.0, 0.5), &device).require_grad();
+        let beta =
+            Tensor::<A, 1>::random([3], Distribution::Normal(0.0, 0.5), &device).require_grad();
+        let probe = Tensor::<A, 4>::random([5, 3, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+        let (y, mean, var) =
+            composed::batch_norm_relu(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let grads = (y * probe.clone()).sum().backward();
+        let (x_grad, gamma_grad, beta_grad) = composed::batch_norm_relu_backward(
+            x.clone().inner(),
+            gamma.clone().inner(),
+            beta.clone().inner(),
+            mean.inner(),
+            var.inner(),
+            1e-5,
+            probe.inner(),
+        );
+        assert_close(x_grad, x.grad(&grads).unwrap(), "input gradient");
+        assert_close(gamma_grad, gamma.grad(&grads).unwrap(), "gamma gradient");
+        assert_close(beta_grad, beta.grad(&grads).unwrap(), "beta gradient");
     }
 }

@@ -5,8 +5,7 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
 
-use burn::tensor::activation::relu;
-use realnvp_conv::{channel_affine_relu, AffineReluBackend};
+use realnvp_conv::{batch_norm_relu, channel_affine_relu, NormReluBackend};
 
 use crate::channels::{add_channels, mul_channels, sum_channels};
 
@@ -48,16 +47,7 @@ impl<B: Backend> ChannelNorm<B> {
             let mean = sum_channels(x.clone()).div_scalar(count);
             let centred = add_channels(x, mean.clone().neg());
             let var = sum_channels(centred.clone().powi_scalar(2)).div_scalar(count);
-            let blend = |state: &RunningState<Tensor<B, 1>>, batch: Tensor<B, 1>| {
-                let running = state.value_sync().to_device(&device);
-                state.update(
-                    (running.mul_scalar(1.0 - self.momentum)
-                        + batch.detach().mul_scalar(self.momentum))
-                    .detach(),
-                );
-            };
-            blend(&self.running_mean, mean);
-            blend(&self.running_var, var.clone());
+            self.blend_into_running_averages(mean, var.clone());
             (centred, var)
         } else {
             let mean = self.running_mean.value().to_device(&device);
@@ -67,16 +57,33 @@ impl<B: Backend> ChannelNorm<B> {
         let scale = self.gamma.val() / var.add_scalar(self.epsilon).sqrt();
         add_channels(mul_channels(centred, scale), self.beta.val())
     }
+    /// Blends one batch's statistics (`[channels]` each) into the running averages.
+    fn blend_into_running_averages(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+        let blend = |state: &RunningState<Tensor<B, 1>>, batch: Tensor<B, 1>| {
+            let running = state.value_sync().to_device(&batch.device());
+            state.update(
+                (running.mul_scalar(1.0 - self.momentum)
+                    + batch.detach().mul_scalar(self.momentum))
+                .detach(),
+            );
+        };
+        blend(&self.running_mean, mean);
+        blend(&self.running_var, var);
+    }
 }
 
-impl<B: AffineReluBackend> ChannelNorm<B> {
-    /// `relu(self.forward(x))` on `[batch, channels, h, w]`. In evaluation the running
-    /// averages fold into one scale and one shift per channel, applied with the ReLU in
-    /// one pass ([`channel_affine_relu`]).
+impl<B: NormReluBackend> ChannelNorm<B> {
+    /// `relu(self.forward(x))` on `[batch, channels, h, w]`, on the backend's fused
+    /// kernels: in training [`batch_norm_relu`] (batch statistics, then blended into the
+    /// running averages); in evaluation the running averages fold into one scale and one
+    /// shift per channel, applied with the ReLU in one pass ([`channel_affine_relu`]).
     pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let device = x.device();
         if B::ad_enabled(&device) {
-            return relu(self.forward(x));
+            let (y, mean, var) =
+                batch_norm_relu(x, self.gamma.val(), self.beta.val(), self.epsilon);
+            self.blend_into_running_averages(mean, var);
+            return y;
         }
         let mean = self.running_mean.value().to_device(&device);
         let var = self.running_var.value().to_device(&device);
@@ -129,15 +136,42 @@ mod tests {
     fn forward_relu_is_relu_of_forward_in_training_and_evaluation() {
         use burn::module::AutodiffModule;
         use burn::tensor::activation::relu;
-        let norm = perturb(ChannelNorm::<CpuTrain>::new(5, &Default::default()), 0.5, 4);
-        // Running averages away from (0, 1), so that folding them in is exercised.
-        let x = uniform::<CpuTrain, 4>([6, 5, 9, 7], -1.0, 4.0, 5);
-        let _ = norm.forward(x);
-        let x = uniform::<CpuTrain, 4>([3, 5, 9, 7], -2.0, 3.0, 6);
+        let mut norm = perturb(ChannelNorm::<CpuTrain>::new(5, &Default::default()), 0.5, 4);
+        // Perturbed values as fresh leaves, so that their gradients are kept.
+        norm.gamma = Param::from_tensor(norm.gamma.val().detach());
+        norm.beta = Param::from_tensor(norm.beta.val().detach());
+        let twin = norm.clone();
+        let x = uniform::<CpuTrain, 4>([3, 5, 9, 7], -2.0, 3.0, 6).require_grad();
+        let (fused, plain) = (norm.forward_relu(x.clone()), relu(twin.forward(x.clone())));
         assert!(
-            max_abs_diff(norm.forward_relu(x.clone()), relu(norm.forward(x))) < 1e-6,
+            max_abs_diff(fused.clone(), plain.clone()) < 1e-5,
             "training"
         );
+        for (ours, theirs, what) in [
+            (&norm.running_mean, &twin.running_mean, "running mean"),
+            (&norm.running_var, &twin.running_var, "running variance"),
+        ] {
+            assert!(
+                max_abs_diff(ours.value_sync(), theirs.value_sync()) < 1e-6,
+                "{what}"
+            );
+        }
+        let weights = uniform::<CpuTrain, 4>([3, 5, 9, 7], -1.0, 1.0, 8);
+        let grads_fused = (fused * weights.clone()).sum().backward();
+        let grads_plain = (plain * weights).sum().backward();
+        let grad = |t: &Tensor<CpuTrain, 1>, g| t.grad(g).expect("a gradient");
+        assert!(
+            max_abs_diff(
+                grad(&norm.gamma.val(), &grads_fused),
+                grad(&twin.gamma.val(), &grads_plain)
+            ) < 1e-4,
+            "gamma gradient"
+        );
+        assert!(
+            max_abs_diff(x.grad(&grads_fused).unwrap(), x.grad(&grads_plain).unwrap()) < 1e-4,
+            "input gradient"
+        );
+
         let norm = norm.valid();
         let x = uniform::<Cpu, 4>([3, 5, 9, 7], -2.0, 3.0, 7);
         assert!(
