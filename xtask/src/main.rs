@@ -373,7 +373,43 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
         lines.len(),
         args.out.display()
     );
+    for line in ratios_to_torch(&lines) {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// For every model measured on a Rust backend and with PyTorch in the same invocation,
+/// one line with realnvp-rs / PyTorch for training, evaluation and sampling images/s
+/// (above 1: realnvp-rs is faster) and for peak memory (below 1: it uses less).
+fn ratios_to_torch(lines: &[String]) -> Vec<String> {
+    let results: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let mut table = Vec::new();
+    for ours in results.iter().filter(|r| r["impl"] == "realnvp-rs") {
+        let Some(theirs) = results
+            .iter()
+            .find(|r| r["impl"] == "pytorch" && r["model"] == ours["model"])
+        else {
+            continue;
+        };
+        let ratio = |key: &str| match (ours[key].as_f64(), theirs[key].as_f64()) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        table.push(format!(
+            "ratio realnvp-rs ({}) / PyTorch, {}: train {}, evaluate {}, sample {} (images/s); peak RSS {}",
+            ours["backend"].as_str().unwrap_or("?"),
+            ours["model"].as_str().unwrap_or("?"),
+            ratio("train_img_s"),
+            ratio("eval_img_s"),
+            ratio("sample_img_s"),
+            ratio("peak_rss_mib"),
+        ));
+    }
+    table
 }
 
 /// Builds the `realnvp` CLI in release mode with `backend` alone and returns its path.
@@ -403,5 +439,27 @@ fn cargo(args: &[&str]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_pair_each_backend_with_pytorch_on_the_same_model() {
+        let lines = [
+            r#"{"commit":"x","impl":"realnvp-rs","backend":"flex (CPU)","model":"digits","train_img_s":30.0,"eval_img_s":50.0,"sample_img_s":10.0,"peak_rss_mib":100.0}"#,
+            r#"{"commit":"x","impl":"realnvp-rs","backend":"flex (CPU)","model":"cifar10","train_img_s":3.0,"eval_img_s":5.0,"sample_img_s":1.0,"peak_rss_mib":10.0}"#,
+            r#"{"model":"digits","commit":"x","impl":"pytorch","train_img_s":20.0,"eval_img_s":100.0,"sample_img_s":10.0,"peak_rss_mib":400.0}"#,
+        ]
+        .map(String::from);
+        assert_eq!(
+            ratios_to_torch(&lines),
+            vec![
+                "ratio realnvp-rs (flex (CPU)) / PyTorch, digits: train 1.50, evaluate 0.50, sample 1.00 (images/s); peak RSS 0.25"
+                    .to_string()
+            ]
+        );
     }
 }
