@@ -168,17 +168,7 @@ impl<B: NormReluBackend, C: CheckpointStrategy> NormReluBackend for Autodiff<B, 
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         if !B::FUSED_BATCH_NORM {
-            let (y, mean, var) = crate::composed::batch_norm_relu::<Self>(
-                crate::float(x),
-                crate::float(gamma),
-                crate::float(beta),
-                epsilon,
-            );
-            return (
-                y.into_primitive().tensor(),
-                mean.into_primitive().tensor(),
-                var.into_primitive().tensor(),
-            );
+            return crate::on_primitives::batch_norm_relu::<Self>(x, gamma, beta, epsilon);
         }
         let (y, mean, var) = B::batch_norm_relu(
             x.primitive.clone(),

@@ -16,7 +16,7 @@ use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor, Layout};
 use rayon::prelude::*;
 
-use crate::{composed, ConvBackend};
+use crate::{on_primitives, ConvBackend};
 
 impl ConvBackend for Flex {
     fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
@@ -67,9 +67,7 @@ impl crate::NormReluBackend for Flex {
 
     fn channel_affine_relu(x: FlexTensor, scale: FlexTensor, shift: FlexTensor) -> FlexTensor {
         if !all_f32(&[Some(&x), Some(&scale), Some(&shift)]) {
-            return composed::affine_relu::<Flex>(float(x), float(scale), float(shift))
-                .into_primitive()
-                .tensor();
+            return on_primitives::affine_relu::<Flex>(x, scale, shift);
         }
         let [n, c, h, w] = x.shape().dims();
         let (x, scale, shift) = (contiguous(x), contiguous(scale), contiguous(shift));
@@ -84,13 +82,7 @@ impl crate::NormReluBackend for Flex {
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         if !all_f32(&[Some(&x), Some(&gamma), Some(&beta)]) {
-            let (y, mean, var) =
-                composed::batch_norm_relu::<Flex>(float(x), float(gamma), float(beta), epsilon);
-            return (
-                y.into_primitive().tensor(),
-                mean.into_primitive().tensor(),
-                var.into_primitive().tensor(),
-            );
+            return on_primitives::batch_norm_relu::<Flex>(x, gamma, beta, epsilon);
         }
         let [n, c, h, w] = x.shape().dims();
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
@@ -117,19 +109,14 @@ impl crate::NormReluBackend for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let inputs = [&x, &gamma, &beta, &mean, &var, &output_grad].map(Some);
         if !all_f32(&inputs) {
-            let (x_grad, gamma_grad, beta_grad) = composed::batch_norm_relu_backward::<Flex>(
-                float(x),
-                float(gamma),
-                float(beta),
-                float(mean),
-                float(var),
+            return on_primitives::batch_norm_relu_backward::<Flex>(
+                x,
+                gamma,
+                beta,
+                mean,
+                var,
                 epsilon,
-                float(output_grad),
-            );
-            return (
-                x_grad.into_primitive().tensor(),
-                gamma_grad.into_primitive().tensor(),
-                beta_grad.into_primitive().tensor(),
+                output_grad,
             );
         }
         let [n, c, h, w] = x.shape().dims();
@@ -154,11 +141,6 @@ impl crate::NormReluBackend for Flex {
             tensor(beta_grad, [c]),
         )
     }
-}
-
-/// A float primitive as a Flex tensor of rank `D`.
-fn float<const D: usize>(t: FlexTensor) -> burn::tensor::Tensor<Flex, D> {
-    burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t))
 }
 
 /// A contiguous `[n, c, plane]` tensor: `n * c` planes of `plane` values, channel `i % c`
@@ -679,7 +661,7 @@ mod tests {
             let scale = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 1.5), &device);
             let shift = Tensor::<Flex, 1>::random([c], Distribution::Normal(0.0, 1.0), &device);
             let ours = crate::channel_affine_relu(x.clone(), scale.clone(), shift.clone());
-            let theirs = composed::affine_relu(x.clone(), scale, shift);
+            let theirs = crate::composed::affine_relu(x.clone(), scale, shift);
             assert_eq!(ours.dims(), x.dims());
             let worst = (ours.clone() - theirs).abs().max().into_scalar();
             assert!(worst <= 1e-6, "{:?}: largest difference {worst}", x.dims());

@@ -73,9 +73,7 @@ pub trait NormReluBackend: Backend {
         scale: FloatTensor<Self>,
         shift: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        composed::affine_relu::<Self>(float(x), float(scale), float(shift))
-            .into_primitive()
-            .tensor()
+        on_primitives::affine_relu::<Self>(x, scale, shift)
     }
 
     /// Batch norm with the batch's statistics, then ReLU: `(y, mean, var)`, with `y =
@@ -86,13 +84,7 @@ pub trait NormReluBackend: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (y, mean, var) =
-            composed::batch_norm_relu::<Self>(float(x), float(gamma), float(beta), epsilon);
-        (
-            y.into_primitive().tensor(),
-            mean.into_primitive().tensor(),
-            var.into_primitive().tensor(),
-        )
+        on_primitives::batch_norm_relu::<Self>(x, gamma, beta, epsilon)
     }
 
     /// `(d/dx, d/dgamma, d/dbeta)` of `sum(output_grad * y)` for `y` of `batch_norm_relu`,
@@ -107,19 +99,14 @@ pub trait NormReluBackend: Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (x_grad, gamma_grad, beta_grad) = composed::batch_norm_relu_backward::<Self>(
-            float(x),
-            float(gamma),
-            float(beta),
-            float(mean),
-            float(var),
+        on_primitives::batch_norm_relu_backward::<Self>(
+            x,
+            gamma,
+            beta,
+            mean,
+            var,
             epsilon,
-            float(output_grad),
-        );
-        (
-            x_grad.into_primitive().tensor(),
-            gamma_grad.into_primitive().tensor(),
-            beta_grad.into_primitive().tensor(),
+            output_grad,
         )
     }
 }
@@ -127,6 +114,77 @@ pub trait NormReluBackend: Backend {
 /// A float primitive as a tensor of rank `D`.
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The compositions of [`composed`] on float primitives: the traits' default bodies, and
+/// what a backend's override falls back on (Flex for other dtypes, autodiff over a
+/// backend without fused kernels).
+pub(crate) mod on_primitives {
+    use super::{composed, float, Backend, FloatTensor};
+
+    type Three<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn three<B: Backend, const D: usize>(
+        (a, b, c): (
+            burn::tensor::Tensor<B, D>,
+            burn::tensor::Tensor<B, 1>,
+            burn::tensor::Tensor<B, 1>,
+        ),
+    ) -> Three<B> {
+        (
+            a.into_primitive().tensor(),
+            b.into_primitive().tensor(),
+            c.into_primitive().tensor(),
+        )
+    }
+
+    /// [`composed::affine_relu`].
+    pub fn affine_relu<B: Backend>(
+        x: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        shift: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        composed::affine_relu::<B>(float(x), float(scale), float(shift))
+            .into_primitive()
+            .tensor()
+    }
+
+    /// [`composed::batch_norm_relu`].
+    pub fn batch_norm_relu<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        epsilon: f64,
+    ) -> Three<B> {
+        three(composed::batch_norm_relu::<B>(
+            float(x),
+            float(gamma),
+            float(beta),
+            epsilon,
+        ))
+    }
+
+    /// [`composed::batch_norm_relu_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_relu_backward<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        mean: FloatTensor<B>,
+        var: FloatTensor<B>,
+        epsilon: f64,
+        output_grad: FloatTensor<B>,
+    ) -> Three<B> {
+        three(composed::batch_norm_relu_backward::<B>(
+            float(x),
+            float(gamma),
+            float(beta),
+            float(mean),
+            float(var),
+            epsilon,
+            float(output_grad),
+        ))
+    }
 }
 
 /// Batch norm with the batch's statistics followed by ReLU, on the backend's own kernel:
