@@ -128,6 +128,21 @@ fn exported_values(run: &Path) -> Vec<f32> {
 
 const LIMIT: Duration = Duration::from_secs(240);
 
+/// Runs an orchestrator and two nodes (run directories `runs`, extra arguments `extra`),
+/// each node bounded by `limit`; the nodes' outputs, in rank order (`what r` in messages).
+fn two_nodes(runs: [&Path; 2], extra: &[&str], limit: Duration, what: &str) -> Vec<Output> {
+    let (mut orchestrator, port) = orchestrator();
+    let nodes = [node(runs[0], 0, port, extra), node(runs[1], 1, port, extra)];
+    let outputs = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(r, n)| finish_within(n, limit, &format!("{what} {r}")))
+        .collect();
+    let _ = orchestrator.kill();
+    let _ = orchestrator.wait();
+    outputs
+}
+
 /// Today (burn-collective 0.21) two nodes join, check each other's settings, and stop with
 /// an error that says why multi-node training cannot run, instead of hanging; nothing is
 /// written into the run directory.
@@ -135,18 +150,12 @@ const LIMIT: Duration = Duration::from_secs(240);
 fn two_nodes_join_then_stop_with_a_clear_error_instead_of_hanging() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (run0, run1) = (dir.path().join("node0"), dir.path().join("node1"));
-    let (mut orchestrator, port) = orchestrator();
-    let nodes = [
-        node(&run0, 0, port, &["--steps", "6"]),
-        node(&run1, 1, port, &["--steps", "6"]),
-    ];
-    let outputs: Vec<Output> = nodes
-        .into_iter()
-        .enumerate()
-        .map(|(r, n)| finish_within(n, Duration::from_secs(90), &format!("node {r}")))
-        .collect();
-    let _ = orchestrator.kill();
-    let _ = orchestrator.wait();
+    let outputs = two_nodes(
+        [&run0, &run1],
+        &["--steps", "6"],
+        Duration::from_secs(90),
+        "node",
+    );
     for (r, out) in outputs.iter().enumerate() {
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "node {r} must fail: {stderr}");
@@ -200,18 +209,7 @@ fn two_nodes_end_identical_and_equal_to_two_workers_in_one_process() {
         dir.path().join("node1"),
         dir.path().join("local"),
     );
-    let (mut orchestrator, port) = orchestrator();
-    let nodes = [
-        node(&run0, 0, port, &["--steps", "6"]),
-        node(&run1, 1, port, &["--steps", "6"]),
-    ];
-    let outputs: Vec<Output> = nodes
-        .into_iter()
-        .enumerate()
-        .map(|(r, n)| finish_within(n, LIMIT, &format!("node {r}")))
-        .collect();
-    let _ = orchestrator.kill();
-    let _ = orchestrator.wait();
+    let outputs = two_nodes([&run0, &run1], &["--steps", "6"], LIMIT, "node");
     for (r, out) in outputs.iter().enumerate() {
         assert!(out.status.success(), "node {r}: {}", text(&out.stderr));
     }
@@ -295,16 +293,8 @@ fn a_killed_node_stops_the_other_naming_it_and_the_run_resumes() {
         .max()
         .expect("a checkpoint");
     let target = (resumed_step + 2).to_string();
-    let (mut orchestrator, port) = orchestrator();
     let resume = ["--resume", "--steps", target.as_str()];
-    let nodes = [node(&run0, 0, port, &resume), node(&run1, 1, port, &resume)];
-    let outputs: Vec<Output> = nodes
-        .into_iter()
-        .enumerate()
-        .map(|(r, n)| finish_within(n, LIMIT, &format!("resumed node {r}")))
-        .collect();
-    let _ = orchestrator.kill();
-    let _ = orchestrator.wait();
+    let outputs = two_nodes([&run0, &run1], &resume, LIMIT, "resumed node");
     for (r, out) in outputs.iter().enumerate() {
         assert!(
             out.status.success(),
