@@ -10,6 +10,10 @@
 //! Small images are convolved a few at a time ([`GEMM_COLUMNS`]), their im2col matrices side
 //! by side, so that each GEMM is wide enough to run at full speed. Images are split across
 //! rayon's threads; each GEMM runs on one thread unless there are fewer images than threads.
+//!
+//! With at least 8 channels in and out, the forward convolution (and so the input
+//! gradient) uses Winograd's F(2x2, 3x3) instead ([`winograd`]): 2.25 times fewer
+//! multiplications for the same result up to rounding.
 
 use burn::tensor::ops::ModuleOps;
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
@@ -17,6 +21,8 @@ use burn_flex::{Flex, FlexTensor, Layout};
 use rayon::prelude::*;
 
 use crate::{on_primitives, ConvBackend};
+
+mod winograd;
 
 impl ConvBackend for Flex {
     fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
@@ -487,6 +493,9 @@ fn forward(
     [n, c, h, w]: [usize; 4],
     o: usize,
 ) -> Vec<f32> {
+    if winograd::worthwhile(c, o) {
+        return winograd::forward(x, weight, bias, [n, c, h, w], o);
+    }
     let (p, k) = (h * w, c * 9);
     let mut y = vec![0.0f32; n * o * p];
     if n == 0 || p == 0 {
@@ -631,6 +640,9 @@ mod tests {
         crate::tests::matches_burn_conv::<Flex>([4, 16, 14, 14], 16, false);
         crate::tests::matches_burn_conv::<Flex>([3, 1, 1, 1], 2, true);
         crate::tests::matches_burn_conv::<Flex>([2, 2, 9, 1], 3, true);
+        // Winograd's F(2x2, 3x3) forward and input gradient: odd and even sizes.
+        crate::tests::matches_burn_conv::<Flex>([3, 8, 7, 6], 9, true);
+        crate::tests::matches_burn_conv::<Flex>([1, 12, 4, 5], 8, false);
     }
 
     #[test]
