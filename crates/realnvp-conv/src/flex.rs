@@ -11,9 +11,9 @@
 //! by side, so that each GEMM is wide enough to run at full speed. Images are split across
 //! rayon's threads; each GEMM runs on one thread unless there are fewer images than threads.
 //!
-//! With at least 8 channels in and out, the forward convolution (and so the input
-//! gradient) uses Winograd's F(2x2, 3x3) instead ([`winograd`]): 2.25 times fewer
-//! multiplications for the same result up to rounding.
+//! With at least 8 channels in and out, all three (the forward convolution, and so the
+//! input gradient, and the weight gradient) use Winograd's F(2x2, 3x3) instead
+//! ([`winograd`]): 2.25 times fewer multiplications for the same result up to rounding.
 
 use burn::tensor::ops::ModuleOps;
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
@@ -60,7 +60,11 @@ impl ConvBackend for Flex {
 
         let flipped = flip_transpose(weight, o, c);
         let x_grad = forward(grad, &flipped, None, [n, o, h, w], c);
-        let weight_grad = weight_gradient(x, grad, [n, c, h, w], o);
+        let weight_grad = if winograd::worthwhile(c, o) {
+            winograd::weight_gradient(x, grad, [n, c, h, w], o)
+        } else {
+            weight_gradient(x, grad, [n, c, h, w], o)
+        };
         (
             tensor(x_grad, [n, c, h, w]),
             tensor(weight_grad, [o, c, 3, 3]),

@@ -100,6 +100,99 @@ pub(super) fn forward(
     y
 }
 
+/// The weight gradient `dW [o, c, 3, 3]` of `sum(grad * conv(x, W))` for `x [n, c, h, w]`
+/// and `grad [n, o, h, w]`, by F(2x2, 3x3) run backwards: with `M_k = U_k V_k` per tile
+/// position, `dU_k [o, c] = dM_k [o, tiles] x V_k^T [tiles, c]` summed over the batch, where
+/// `dM = A dY A^T` per tile, and then `dW = G^T dU G`. Each thread sums its own share of the
+/// batch before the shares are added, like the im2col path.
+pub(super) fn weight_gradient(
+    x: &[f32],
+    grad: &[f32],
+    [n, c, h, w]: [usize; 4],
+    o: usize,
+) -> Vec<f32> {
+    if n == 0 || h == 0 || w == 0 {
+        return vec![0.0f32; o * c * 9];
+    }
+    let tiles = Tiles::new(h, w);
+    let parallelism = gemm_parallelism(n);
+    let group = (GROUP_TILES / tiles.count).clamp(1, (n / rayon::current_num_threads()).max(1));
+    let threads = rayon::current_num_threads().min(n.div_ceil(group));
+    let per_thread = n.div_ceil(group).div_ceil(threads) * group;
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(per_thread * c * h * w)
+        .zip(grad.par_chunks(per_thread * o * h * w))
+        .map(|(x, grad)| {
+            let mut du = vec![0.0f32; POSITIONS * o * c];
+            let groups = x
+                .chunks(group * c * h * w)
+                .zip(grad.chunks(group * o * h * w));
+            for (first_group, (x, grad)) in groups.enumerate() {
+                let cols = x.len() / (c * h * w) * tiles.count;
+                with_scratch([POSITIONS * c * cols, POSITIONS * o * cols], |v, dm| {
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            for (i, image) in x.chunks_exact(c * h * w).enumerate() {
+                                tiles.transform_input(image, c, v, cols, i * tiles.count);
+                            }
+                            for (i, image) in grad.chunks_exact(o * h * w).enumerate() {
+                                tiles.transform_output_grad(image, o, dm, cols, i * tiles.count);
+                            }
+                        },
+                    );
+                    for k in 0..POSITIONS {
+                        // V_k [c, cols] read as its transpose [cols, c].
+                        let v_k = Matrix {
+                            values: &v[k * c * cols..][..c * cols],
+                            rows: cols,
+                            cols: c,
+                            row_stride: 1,
+                            col_stride: cols,
+                        };
+                        matmul(
+                            &mut du[k * o * c..][..o * c],
+                            first_group > 0,
+                            Matrix::row_major(&dm[k * o * cols..][..o * cols], o, cols),
+                            v_k,
+                            parallelism,
+                        );
+                    }
+                });
+            }
+            du
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut du = partials.next().expect("at least one share of the batch");
+    for part in partials {
+        du.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+    }
+    weight_from_transformed_gradient(&du, o, c)
+}
+
+/// `dW = G^T dU G` for every `(o, c)` pair from `du [16, o, c]`: `[o, c, 3, 3]`, with
+/// `G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]`.
+fn weight_from_transformed_gradient(du: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut dw = vec![0.0f32; o * c * 9];
+    for (pair, g) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |row: usize, col: usize| du[(row * 4 + col) * o * c + pair];
+        // G^T dU: 3 rows of 4, built column by column.
+        let columns = [0, 1, 2, 3].map(|col| {
+            let (d0, d1, d2, d3) = (at(0, col), at(1, col), at(2, col), at(3, col));
+            [d0 + 0.5 * (d1 + d2), 0.5 * (d1 - d2), 0.5 * (d1 + d2) + d3]
+        });
+        let rows = [0, 1, 2].map(|row| columns.map(|column| column[row]));
+        // (G^T dU) G.
+        for (row, r) in rows.iter().enumerate() {
+            g[row * 3] = r[0] + 0.5 * (r[1] + r[2]);
+            g[row * 3 + 1] = 0.5 * (r[1] - r[2]);
+            g[row * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
+        }
+    }
+    dw
+}
+
 /// `U_k = G g G^T` for every kernel `g = weight[o, c]`, laid out `[16, o, c]`, with
 /// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
 fn transform_weight(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
@@ -259,6 +352,59 @@ impl Tiles {
         }
     }
 
+    /// Writes `dM_k = (A dY A^T)_k` for every tile `first + t` of every channel of the
+    /// output gradient `image [o, h, w]` into `dm [16, o, stride]`, the pixels past an odd
+    /// edge read as zero, with `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`.
+    #[inline(always)]
+    fn transform_output_grad(
+        self,
+        image: &[f32],
+        o: usize,
+        dm: &mut [f32],
+        stride: usize,
+        first: usize,
+    ) {
+        let (count, cols) = (self.count, self.cols);
+        // The gradient of output pixel (2ti + dy, 2tj + dx) at `[dy * 2 + dx][ti * cols + tj]`.
+        // Entries past an odd edge are never written and stay zero.
+        let mut g = vec![0.0f32; 4 * count];
+        for (oi, plane) in image.chunks_exact(self.h * self.w).enumerate() {
+            for (py, row) in plane.chunks_exact(self.w).enumerate() {
+                let (ti, dy) = (py / 2, py % 2);
+                let (left, right) = g[dy * 2 * count..][..2 * count].split_at_mut(count);
+                let (left, right) = (
+                    &mut left[ti * cols..][..cols],
+                    &mut right[ti * cols..][..cols],
+                );
+                for ((l, r), pair) in left.iter_mut().zip(right.iter_mut()).zip(row.chunks(2)) {
+                    *l = pair[0];
+                    *r = pair.get(1).copied().unwrap_or(0.0);
+                }
+            }
+            let (top, bottom) = g.split_at(2 * count);
+            let (g00, g01) = top.split_at(count);
+            let (g10, g11) = bottom.split_at(count);
+            // A dY: rows (g0., g0. + g1., g0. - g1., -g1.); then (A dY) A^T per row (a, b):
+            // (a, a + b, a - b, -b).
+            for row in 0..4 {
+                let out = |col: usize| ((row * 4 + col) * o + oi) * stride + first;
+                let (k0, k1, k2, k3) = (out(0), out(1), out(2), out(3));
+                for t in 0..count {
+                    let (a, b) = match row {
+                        0 => (g00[t], g01[t]),
+                        1 => (g00[t] + g10[t], g01[t] + g11[t]),
+                        2 => (g00[t] - g10[t], g01[t] - g11[t]),
+                        _ => (-g10[t], -g11[t]),
+                    };
+                    dm[k0 + t] = a;
+                    dm[k1 + t] = a + b;
+                    dm[k2 + t] = a - b;
+                    dm[k3 + t] = -b;
+                }
+            }
+        }
+    }
+
     /// Copies the 2x2 outputs `y [2, 2, tiles]` of every tile into `plane [h, w]`.
     #[inline(always)]
     fn scatter(self, y: &[f32], plane: &mut [f32]) {
@@ -318,6 +464,41 @@ mod tests {
         y
     }
 
+    /// The direct definition of the weight gradient: `dW[o, c, ky, kx] = sum_n,y,x
+    /// grad[n, o, y, x] * x[n, c, y + ky - 1, x + kx - 1]`, in f64.
+    fn direct_weight_gradient(
+        x: &[f32],
+        grad: &[f32],
+        [n, c, h, w]: [usize; 4],
+        o: usize,
+    ) -> Vec<f32> {
+        let mut dw = vec![0.0f32; o * c * 9];
+        for oi in 0..o {
+            for ci in 0..c {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let mut sum = 0.0f64;
+                        for ni in 0..n {
+                            for py in 0..h {
+                                for px in 0..w {
+                                    let (sy, sx) = (py + ky, px + kx);
+                                    if sy == 0 || sx == 0 || sy > h || sx > w {
+                                        continue;
+                                    }
+                                    let xv = x[((ni * c + ci) * h + sy - 1) * w + sx - 1];
+                                    let gv = grad[((ni * o + oi) * h + py) * w + px];
+                                    sum += xv as f64 * gv as f64;
+                                }
+                            }
+                        }
+                        dw[((oi * c + ci) * 3 + ky) * 3 + kx] = sum as f32;
+                    }
+                }
+            }
+        }
+        dw
+    }
+
     /// Deterministic values in [-1, 1).
     fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).max(1);
@@ -357,6 +538,36 @@ mod tests {
             assert!(
                 worst < 1e-5,
                 "[{n}, {c}, {h}, {w}] -> {o}: largest difference {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_direct_definition_on_odd_shapes() {
+        // Odd and even sizes, 1-pixel images, one image, several groups per thread (14x14
+        // images: 5 per group), shares of unequal size.
+        let shapes = [
+            ([1, 8, 5, 7], 9),
+            ([3, 9, 4, 4], 8),
+            ([5, 8, 1, 1], 8),
+            ([2, 12, 3, 1], 10),
+            ([13, 8, 14, 14], 8),
+        ];
+        for (seed, ([n, c, h, w], o)) in shapes.into_iter().enumerate() {
+            let seed = seed as u32 * 5 + 2;
+            let x = values(n * c * h * w, seed);
+            let grad = values(n * o * h * w, seed + 1);
+            let ours = weight_gradient(&x, &grad, [n, c, h, w], o);
+            let exact = direct_weight_gradient(&x, &grad, [n, c, h, w], o);
+            let scale = exact.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let worst = ours
+                .iter()
+                .zip(&exact)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-5 * scale,
+                "[{n}, {c}, {h}, {w}] -> {o}: largest difference {worst} (scale {scale})"
             );
         }
     }
