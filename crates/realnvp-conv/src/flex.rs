@@ -11,7 +11,7 @@
 //! by side, so that each GEMM is wide enough to run at full speed. Images are split across
 //! rayon's threads; each GEMM runs on one thread unless there are fewer images than threads.
 //!
-//! With at least 8 channels in and out, all three (the forward convolution, and so the
+//! With at least 8 channels in and out on images of 100 pixels or more, all three (the forward convolution, and so the
 //! input gradient, and the weight gradient) use Winograd's F(2x2, 3x3) instead
 //! ([`winograd`]): 2.25 times fewer multiplications for the same result up to rounding.
 
@@ -60,7 +60,7 @@ impl ConvBackend for Flex {
 
         let flipped = flip_transpose(weight, o, c);
         let x_grad = forward(grad, &flipped, None, [n, o, h, w], c);
-        let weight_grad = if winograd::worthwhile(c, o) {
+        let weight_grad = if winograd::worthwhile(c, o, h, w) {
             winograd::weight_gradient(x, grad, [n, c, h, w], o)
         } else {
             weight_gradient(x, grad, [n, c, h, w], o)
@@ -497,7 +497,7 @@ fn forward(
     [n, c, h, w]: [usize; 4],
     o: usize,
 ) -> Vec<f32> {
-    if winograd::worthwhile(c, o) {
+    if winograd::worthwhile(c, o, h, w) {
         return winograd::forward(x, weight, bias, [n, c, h, w], o);
     }
     let (p, k) = (h * w, c * 9);
@@ -645,8 +645,8 @@ mod tests {
         crate::tests::matches_burn_conv::<Flex>([3, 1, 1, 1], 2, true);
         crate::tests::matches_burn_conv::<Flex>([2, 2, 9, 1], 3, true);
         // Winograd's F(2x2, 3x3) forward and input gradient: odd and even sizes.
-        crate::tests::matches_burn_conv::<Flex>([3, 8, 7, 6], 9, true);
-        crate::tests::matches_burn_conv::<Flex>([1, 12, 4, 5], 8, false);
+        crate::tests::matches_burn_conv::<Flex>([3, 8, 11, 10], 9, true);
+        crate::tests::matches_burn_conv::<Flex>([1, 12, 10, 11], 8, false);
     }
 
     #[test]

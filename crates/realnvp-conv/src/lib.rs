@@ -5,7 +5,8 @@
 //! Burn's own `conv2d` and its backward, so any backend can implement the trait with an
 //! empty `impl` block; the Flex CPU backend (feature `flex`) overrides both with an
 //! im2col + GEMM kernel that runs the backward pass as two more GEMMs instead of Burn's
-//! transposed convolution. [`Autodiff`](burn_autodiff::Autodiff) over a `ConvBackend` is a
+//! transposed convolution, and with Winograd's F(2x2, 3x3) where there are at least 8
+//! channels in and out and 100 pixels per image. [`Autodiff`](burn_autodiff::Autodiff) over a `ConvBackend` is a
 //! `ConvBackend` whose backward step calls the inner backend's [`ConvBackend::conv3x3_backward`],
 //! so training uses the fast kernel too. Model code calls [`conv3x3`] and stays generic.
 

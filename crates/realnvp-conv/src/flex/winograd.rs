@@ -22,11 +22,16 @@ const POSITIONS: usize = 16;
 /// input and the products stay in cache.
 const GROUP_TILES: usize = 256;
 
-/// Whether F(2x2, 3x3) beats im2col + GEMM for `c` input and `o` output channels: with few
-/// channels on either side the transforms cost more than the multiplications they save.
-pub(super) fn worthwhile(c: usize, o: usize) -> bool {
-    c >= 8 && o >= 8
+/// Whether F(2x2, 3x3) beats im2col + GEMM for `c` input and `o` output channels on
+/// `h x w` images: with few channels on either side, or tiny images (the digits model's
+/// 8x8 and 4x4), the transforms cost more than the multiplications they save.
+pub(super) fn worthwhile(c: usize, o: usize, h: usize, w: usize) -> bool {
+    c >= 8 && o >= 8 && h * w >= MIN_PIXELS
 }
+
+/// The smallest image, in pixels, worth the transforms: measured with `conv_speed`, 16 and
+/// 32 channels on 8x8 and 4x4 images ran faster with im2col, 14x14 and larger with Winograd.
+const MIN_PIXELS: usize = 100;
 
 /// Runs `work` compiled for AVX2 and FMA where the CPU has them, else as it is: the
 /// transforms are plain loops that the compiler vectorises 8 wide there instead of the
