@@ -281,14 +281,14 @@ impl RunConfig {
         for item in overrides {
             apply_override(&mut value, item)?;
         }
-        let config: RunConfig =
-            RunConfig::deserialize(toml::Value::Table(value)).map_err(|e| TrainError::Config {
+        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| TrainError::Config {
                 origin: if overrides.is_empty() {
                     source
                 } else {
                     format!("{source} with --set overrides")
                 },
-                message: e.message().to_string(),
+                message: key_message(&e.path().to_string(), e.inner().message()),
             })?;
         config.validate()?;
         Ok(config)
@@ -408,6 +408,16 @@ impl DataShape {
             DataShape::Images(info) => &info.name,
             DataShape::Vectors { name, .. } => name,
         }
+    }
+}
+
+/// A deserialisation error's message prefixed with the dotted key it concerns, when there is
+/// one (`.` is the path of the whole document).
+fn key_message(path: &str, message: &str) -> String {
+    if path.is_empty() || path == "." {
+        message.to_string()
+    } else {
+        format!("key `{path}`: {message}")
     }
 }
 
@@ -550,13 +560,20 @@ mod tests {
             .expect_err("unknown")
             .to_string();
         assert!(err.contains("learning_rat"), "{err}");
-        let err = RunConfig::load(None, &["train.batch_size=\"big\"".into()])
-            .expect_err("type")
-            .to_string();
-        assert!(
-            err.contains("batch_size") || err.contains("invalid type"),
-            "{err}"
-        );
+        // Wrong types name the dotted key and what was expected (the example first).
+        for (item, key, expected) in [
+            ("train.learning_rate=abc", "train.learning_rate", "f64"),
+            ("train.batch_size=\"big\"", "train.batch_size", "usize"),
+            ("model.features=1.5", "model.features", "usize"),
+        ] {
+            let err = RunConfig::load(None, &[item.into()])
+                .expect_err(item)
+                .to_string();
+            assert!(
+                err.contains(&format!("key `{key}`")) && err.contains(expected),
+                "{item}: {err}"
+            );
+        }
         let err = RunConfig::load(None, &["train.batch_size=0".into()])
             .expect_err("zero")
             .to_string();
