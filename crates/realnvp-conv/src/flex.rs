@@ -599,6 +599,11 @@ fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) 
             dw
         })
         .collect();
+    sum_of_shares(partials)
+}
+
+/// The element-wise sum of the per-thread partial gradients of a batch's shares.
+fn sum_of_shares(partials: Vec<Vec<f32>>) -> Vec<f32> {
     let mut partials = partials.into_iter();
     let mut total = partials.next().expect("at least one share of the batch");
     for part in partials {

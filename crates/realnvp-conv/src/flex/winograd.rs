@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::{gemm_parallelism, matmul, with_scratch, Matrix};
+use super::{gemm_parallelism, matmul, sum_of_shares, with_scratch, Matrix};
 
 /// Positions in a 4x4 transformed tile: the number of GEMMs per convolution.
 const POSITIONS: usize = 16;
@@ -68,7 +68,7 @@ pub(super) fn forward(
     let tiles = Tiles::new(h, w);
     let u = transform_weight(weight, o, c);
     let parallelism = gemm_parallelism(n);
-    let group = (GROUP_TILES / tiles.count).clamp(1, (n / rayon::current_num_threads()).max(1));
+    let group = tiles.images_per_group(n);
     y.par_chunks_mut(group * o * h * w)
         .zip(x.par_chunks(group * c * h * w))
         .for_each(|(y, x)| {
@@ -121,7 +121,7 @@ pub(super) fn weight_gradient(
     }
     let tiles = Tiles::new(h, w);
     let parallelism = gemm_parallelism(n);
-    let group = (GROUP_TILES / tiles.count).clamp(1, (n / rayon::current_num_threads()).max(1));
+    let group = tiles.images_per_group(n);
     let threads = rayon::current_num_threads().min(n.div_ceil(group));
     let per_thread = n.div_ceil(group).div_ceil(threads) * group;
     let partials: Vec<Vec<f32>> = x
@@ -168,12 +168,7 @@ pub(super) fn weight_gradient(
             du
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut du = partials.next().expect("at least one share of the batch");
-    for part in partials {
-        du.iter_mut().zip(part).for_each(|(t, v)| *t += v);
-    }
-    weight_from_transformed_gradient(&du, o, c)
+    weight_from_transformed_gradient(&sum_of_shares(partials), o, c)
 }
 
 /// `dW = G^T dU G` for every `(o, c)` pair from `du [16, o, c]`: `[o, c, 3, 3]`, with
@@ -252,6 +247,12 @@ impl Tiles {
             cols,
             count: rows * cols,
         }
+    }
+
+    /// Images transformed side by side per group of GEMMs, out of a batch of `n`:
+    /// [`GROUP_TILES`] tiles' worth, keeping at least one group per thread.
+    fn images_per_group(self, n: usize) -> usize {
+        (GROUP_TILES / self.count).clamp(1, (n / rayon::current_num_threads()).max(1))
     }
 
     /// Writes `V_k[ci, first + t] = (B^T d B)_k` for every tile `t` of every channel of
