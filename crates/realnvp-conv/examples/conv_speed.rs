@@ -1,6 +1,7 @@
 //! Forward + backward time of one 3x3 convolution on Flex: Burn's `conv2d` against
 //! `conv3x3`. `cargo run --release -p realnvp-conv --features flex --example conv_speed`
-//! (arguments: batch channels size [repeats]).
+//! (arguments: batch channels size [repeats] [ours]; `ours` skips Burn's `conv2d`, for
+//! `perf stat` counts of the kernels alone).
 
 use std::time::Instant;
 
@@ -29,7 +30,11 @@ fn time(label: &str, repeats: usize, flops: f64, mut step: impl FnMut()) {
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|a| a.parse().unwrap())
+        .take(4)
+        .map(|a| {
+            a.parse()
+                .expect("batch channels size [repeats]: whole numbers")
+        })
         .collect();
     let (n, c, s) = (
         args.first().copied().unwrap_or(64),
@@ -37,6 +42,7 @@ fn main() {
         args.get(2).copied().unwrap_or(14),
     );
     let repeats = args.get(3).copied().unwrap_or(5);
+    let ours_only = std::env::args().nth(5).as_deref() == Some("ours");
     let device = Default::default();
     let x = Tensor::<A, 4>::random([n, c, s, s], Distribution::Normal(0.0, 1.0), &device)
         .require_grad();
@@ -45,6 +51,26 @@ fn main() {
     let b = Tensor::<A, 1>::random([c], Distribution::Normal(0.0, 0.1), &device).require_grad();
     let pass = 2.0 * (n * c * c * 9 * s * s) as f64;
     println!("{n}x{c}x{s}x{s}, {c} -> {c} channels");
+    if !ours_only {
+        burn_conv(&x, &w, &b, repeats, pass);
+    }
+    time("conv3x3 forward", repeats, pass, || {
+        let y = conv3x3(
+            x.clone().inner(),
+            w.clone().inner(),
+            Some(b.clone().inner()),
+        );
+        let _ = y.into_data();
+    });
+    time("conv3x3 forward+backward", repeats, 3.0 * pass, || {
+        let y = conv3x3(x.clone(), w.clone(), Some(b.clone()));
+        let grads = y.sum().backward();
+        let _ = w.grad(&grads).unwrap().into_data();
+    });
+}
+
+/// Burn's own `conv2d` on the same tensors, forward and forward + backward.
+fn burn_conv(x: &Tensor<A, 4>, w: &Tensor<A, 4>, b: &Tensor<A, 1>, repeats: usize, pass: f64) {
     time("burn conv2d forward", repeats, pass, || {
         let y = burn::tensor::module::conv2d(
             x.clone().inner(),
@@ -54,21 +80,8 @@ fn main() {
         );
         let _ = y.into_data();
     });
-    time("conv3x3 forward", repeats, pass, || {
-        let y = conv3x3(
-            x.clone().inner(),
-            w.clone().inner(),
-            Some(b.clone().inner()),
-        );
-        let _ = y.into_data();
-    });
     time("burn conv2d forward+backward", repeats, 3.0 * pass, || {
         let y = burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), same_3x3());
-        let grads = y.sum().backward();
-        let _ = w.grad(&grads).unwrap().into_data();
-    });
-    time("conv3x3 forward+backward", repeats, 3.0 * pass, || {
-        let y = conv3x3(x.clone(), w.clone(), Some(b.clone()));
         let grads = y.sum().backward();
         let _ = w.grad(&grads).unwrap().into_data();
     });

@@ -560,8 +560,10 @@ fn flip_transpose(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
     flipped
 }
 
-/// `dW [o, c, 3, 3] = sum_n dy_n [o, P] x col(x_n)^T [P, c * 9]`, each thread summing its own
-/// share of the batch before the shares are added.
+/// `dW [o, c, 3, 3] = sum_n dy_n [o, P] x col(x_n)^T [P, c * 9]`. Small images are taken a
+/// group at a time, side by side as in [`forward`], so that each GEMM sums over
+/// `images * P` columns rather than one image's few pixels; each thread sums its own share
+/// of the batch before the shares are added.
 fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
     let (p, k) = (h * w, c * 9);
     if n == 0 || p == 0 {
@@ -570,30 +572,41 @@ fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) 
     let threads = rayon::current_num_threads().min(n);
     let per_thread = n.div_ceil(threads);
     let parallelism = gemm_parallelism(n);
-    let partials: Vec<Vec<f32>> = (0..n.div_ceil(per_thread))
-        .into_par_iter()
-        .map(|share| {
+    let group = (GEMM_COLUMNS / p).clamp(1, per_thread);
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(per_thread * c * p)
+        .zip(grad.par_chunks(per_thread * o * p))
+        .map(|(x, grad)| {
             let mut dw = vec![0.0f32; o * k];
-            with_scratch([k * p, 0], |col, _| {
-                let images = share * per_thread..((share + 1) * per_thread).min(n);
-                for (i, image) in images.enumerate() {
-                    im2col(&x[image * c * p..][..c * p], c, h, w, col);
-                    let dy = &grad[image * o * p..][..o * p];
-                    // col [k, p] read as its transpose [p, k].
+            let wide_len = if group > 1 { o * group * p } else { 0 };
+            with_scratch([k * group * p, wide_len], |col, wide| {
+                let groups = x.chunks(group * c * p).zip(grad.chunks(group * o * p));
+                for (g, (x, dy)) in groups.enumerate() {
+                    let cols = x.len() / c;
+                    for (i, image) in x.chunks_exact(c * p).enumerate() {
+                        im2col_strided(image, c, h, w, &mut col[i * p..], cols);
+                    }
+                    let dy = if cols == p {
+                        dy
+                    } else {
+                        // [images, o, p] -> [o, images * p], the layout of the im2col columns.
+                        for (i, image) in dy.chunks_exact(o * p).enumerate() {
+                            for (oi, row) in image.chunks_exact(p).enumerate() {
+                                wide[oi * cols + i * p..][..p].copy_from_slice(row);
+                            }
+                        }
+                        &wide[..o * cols]
+                    };
+                    // col [k, cols] read as its transpose [cols, k].
                     let rhs = Matrix {
                         values: col,
-                        rows: p,
+                        rows: cols,
                         cols: k,
                         row_stride: 1,
-                        col_stride: p,
+                        col_stride: cols,
                     };
-                    matmul(
-                        &mut dw,
-                        i > 0,
-                        Matrix::row_major(dy, o, p),
-                        rhs,
-                        parallelism,
-                    );
+                    let lhs = Matrix::row_major(dy, o, cols);
+                    matmul(&mut dw, g > 0, lhs, rhs, parallelism);
                 }
             });
             dw
@@ -649,6 +662,8 @@ mod tests {
         crate::tests::matches_burn_conv::<Flex>([4, 16, 14, 14], 16, false);
         crate::tests::matches_burn_conv::<Flex>([3, 1, 1, 1], 2, true);
         crate::tests::matches_burn_conv::<Flex>([2, 2, 9, 1], 3, true);
+        // Small images side by side: several groups per thread, the last one shorter.
+        crate::tests::matches_burn_conv::<Flex>([40, 3, 8, 8], 5, true);
         // Winograd's F(2x2, 3x3) forward and input gradient: odd and even sizes.
         crate::tests::matches_burn_conv::<Flex>([3, 8, 11, 10], 9, true);
         crate::tests::matches_burn_conv::<Flex>([1, 12, 10, 11], 8, false);
