@@ -58,12 +58,12 @@ impl ConvBackend for Flex {
         let (x, weight, grad) = (contiguous(x), contiguous(weight), contiguous(output_grad));
         let (x, weight, grad) = (f32s(&x), f32s(&weight), f32s(&grad));
 
-        let flipped = flip_transpose(weight, o, c);
-        let x_grad = forward(grad, &flipped, None, [n, o, h, w], c);
-        let weight_grad = if winograd::worthwhile(c, o, h, w) {
-            winograd::weight_gradient(x, grad, [n, c, h, w], o)
+        let (x_grad, weight_grad) = if winograd::worthwhile(c, o, h, w) {
+            let flipped = flip_transpose(weight, o, c);
+            let x_grad = winograd::forward(grad, &flipped, None, [n, o, h, w], c);
+            (x_grad, winograd::weight_gradient(x, grad, [n, c, h, w], o))
         } else {
-            weight_gradient(x, grad, [n, c, h, w], o)
+            backward(x, weight, grad, [n, c, h, w], o)
         };
         (
             tensor(x_grad, [n, c, h, w]),
@@ -506,42 +506,49 @@ fn forward(
         return y;
     }
     let parallelism = gemm_parallelism(n);
-    // Images per GEMM, keeping at least one group per thread.
-    let group = (GEMM_COLUMNS / p).clamp(1, (n / rayon::current_num_threads()).max(1));
-    y.par_chunks_mut(group * o * p)
-        .zip(x.par_chunks(group * c * p))
+    let (per_thread, group) = shares_and_groups(n, GEMM_COLUMNS / p);
+    y.par_chunks_mut(per_thread * o * p)
+        .zip(x.par_chunks(per_thread * c * p))
         .for_each(|(y, x)| {
-            let cols = x.len() / c;
-            let single = cols == p;
-            let wide_len = if single { 0 } else { o * cols };
-            with_scratch([k * cols, wide_len], |col, wide| {
-                for (i, image) in x.chunks_exact(c * p).enumerate() {
-                    im2col_strided(image, c, h, w, &mut col[i * p..], cols);
-                }
-                if single {
-                    if let Some(bias) = bias {
-                        for (row, b) in y.chunks_exact_mut(p).zip(bias) {
-                            row.fill(*b);
+            let groups = y.chunks_mut(group * o * p).zip(x.chunks(group * c * p));
+            for (y, x) in groups {
+                let cols = x.len() / c;
+                let single = cols == p;
+                let wide_len = if single { 0 } else { o * cols };
+                with_scratch([k * cols, wide_len], |col, wide| {
+                    for (i, image) in x.chunks_exact(c * p).enumerate() {
+                        im2col_strided(image, c, h, w, &mut col[i * p..], cols);
+                    }
+                    if single {
+                        if let Some(bias) = bias {
+                            for (row, b) in y.chunks_exact_mut(p).zip(bias) {
+                                row.fill(*b);
+                            }
                         }
                     }
-                }
-                let dst = if single { &mut *y } else { &mut *wide };
-                let lhs = Matrix::row_major(weight, o, k);
-                let rhs = Matrix::row_major(col, k, cols);
-                matmul(dst, single && bias.is_some(), lhs, rhs, parallelism);
-                if !single {
-                    // [o, images, p] -> [images, o, p], adding the bias.
-                    for (i, image) in y.chunks_exact_mut(o * p).enumerate() {
-                        for (oi, row) in image.chunks_exact_mut(p).enumerate() {
-                            let b = bias.map_or(0.0, |b| b[oi]);
-                            let src = &wide[oi * cols + i * p..][..p];
-                            row.iter_mut().zip(src).for_each(|(v, s)| *v = s + b);
-                        }
+                    let dst = if single { &mut *y } else { &mut *wide };
+                    let lhs = Matrix::row_major(weight, o, k);
+                    let rhs = Matrix::row_major(col, k, cols);
+                    matmul(dst, single && bias.is_some(), lhs, rhs, parallelism);
+                    if !single {
+                        from_channel_major(wide, o, p, bias, y);
                     }
-                }
-            });
+                });
+            }
         });
     y
+}
+
+/// How a batch of `n` images is shared out: `(images per thread, images per group)`, each
+/// thread's share taken a group of at most `most` images at a time (at least one). The
+/// shares are as even as whole images allow, and so are the groups within a share: with
+/// groups cut from the whole batch, one thread would be left with an extra group (or the
+/// short last one) while the other waits, up to a tenth of a convolution's time.
+fn shares_and_groups(n: usize, most: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().clamp(1, n.max(1));
+    let per_thread = n.div_ceil(threads).max(1);
+    let group = per_thread.div_ceil(per_thread.div_ceil(most.max(1)));
+    (per_thread, group)
 }
 
 /// `weight [o, c, 3, 3]` flipped in both spatial axes with the channel axes swapped:
@@ -560,59 +567,112 @@ fn flip_transpose(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
     flipped
 }
 
-/// `dW [o, c, 3, 3] = sum_n dy_n [o, P] x col(x_n)^T [P, c * 9]`. Small images are taken a
-/// group at a time, side by side as in [`forward`], so that each GEMM sums over
-/// `images * P` columns rather than one image's few pixels; each thread sums its own share
-/// of the batch before the shares are added.
-fn weight_gradient(x: &[f32], grad: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
-    let (p, k) = (h * w, c * 9);
-    if n == 0 || p == 0 {
-        return vec![0.0f32; o * k];
+/// `images [n, ch, p]` rearranged into `wide [ch, n * p]`: the layout of an im2col matrix
+/// whose columns are the pixels of several images side by side.
+fn to_channel_major(images: &[f32], ch: usize, p: usize, wide: &mut [f32]) {
+    let cols = images.len() / ch;
+    for (i, image) in images.chunks_exact(ch * p).enumerate() {
+        for (ci, row) in image.chunks_exact(p).enumerate() {
+            wide[ci * cols + i * p..][..p].copy_from_slice(row);
+        }
     }
-    let threads = rayon::current_num_threads().min(n);
-    let per_thread = n.div_ceil(threads);
+}
+
+/// The inverse of [`to_channel_major`]: `wide [ch, n * p]` into `images [n, ch, p]`, adding
+/// `bias [ch]` if given.
+fn from_channel_major(wide: &[f32], ch: usize, p: usize, bias: Option<&[f32]>, images: &mut [f32]) {
+    let cols = images.len() / ch;
+    for (i, image) in images.chunks_exact_mut(ch * p).enumerate() {
+        for (ci, row) in image.chunks_exact_mut(p).enumerate() {
+            let b = bias.map_or(0.0, |b| b[ci]);
+            let src = &wide[ci * cols + i * p..][..p];
+            row.iter_mut().zip(src).for_each(|(v, s)| *v = s + b);
+        }
+    }
+}
+
+/// Both gradients of the im2col convolution, `(dx [n, c, h, w], dW [o, c, 3, 3])`, from one
+/// im2col matrix: that of the output gradient, `col(dy) [o * 9, P]`.
+///
+/// The input gradient is the forward convolution of `dy` with the flipped, transposed
+/// kernel: `dx = flip(W)^T [c, o * 9] x col(dy)`. The weight gradient reads the same matrix:
+/// row `(o, ky, kx)` of `col(dy)` at pixel `q` is `dy[o, q + (ky - 1, kx - 1)]`, so
+/// `(x [c, P] x col(dy)^T)[c, (o, ky, kx)] = sum_q dy[o, q] x[c, q - (ky - 1, kx - 1)]`, which
+/// is `dW[o, c, 2 - ky, 2 - kx]`: the same flip and transpose again. Computing `col(x)` as
+/// well would double the im2col work of the backward pass, which on small images costs as
+/// much as the GEMMs. Small images are taken a group at a time, side by side, as in
+/// [`forward`]; each thread sums its own share of the batch before the shares are added.
+fn backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    [n, c, h, w]: [usize; 4],
+    o: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (p, k) = (h * w, o * 9);
+    let mut x_grad = vec![0.0f32; n * c * p];
+    if n == 0 || p == 0 {
+        return (x_grad, vec![0.0f32; o * c * 9]);
+    }
+    let flipped = flip_transpose(weight, o, c);
     let parallelism = gemm_parallelism(n);
-    let group = (GEMM_COLUMNS / p).clamp(1, per_thread);
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(per_thread * c * p)
+    let (per_thread, group) = shares_and_groups(n, GEMM_COLUMNS / p);
+    let partials: Vec<Vec<f32>> = x_grad
+        .par_chunks_mut(per_thread * c * p)
+        .zip(x.par_chunks(per_thread * c * p))
         .zip(grad.par_chunks(per_thread * o * p))
-        .map(|(x, grad)| {
-            let mut dw = vec![0.0f32; o * k];
-            let wide_len = if group > 1 { o * group * p } else { 0 };
+        .map(|((dx, x), dy)| {
+            // [c, o, 3, 3] with flipped taps; see above.
+            let mut dw = vec![0.0f32; c * k];
+            let wide_len = if group > 1 { c * group * p } else { 0 };
             with_scratch([k * group * p, wide_len], |col, wide| {
-                let groups = x.chunks(group * c * p).zip(grad.chunks(group * o * p));
-                for (g, (x, dy)) in groups.enumerate() {
-                    let cols = x.len() / c;
-                    for (i, image) in x.chunks_exact(c * p).enumerate() {
-                        im2col_strided(image, c, h, w, &mut col[i * p..], cols);
+                let groups = dx
+                    .chunks_mut(group * c * p)
+                    .zip(x.chunks(group * c * p))
+                    .zip(dy.chunks(group * o * p));
+                for (g, ((dx, x), dy)) in groups.enumerate() {
+                    let cols = dy.len() / o;
+                    for (i, image) in dy.chunks_exact(o * p).enumerate() {
+                        im2col_strided(image, o, h, w, &mut col[i * p..], cols);
                     }
-                    let dy = if cols == p {
-                        dy
-                    } else {
-                        // [images, o, p] -> [o, images * p], the layout of the im2col columns.
-                        for (i, image) in dy.chunks_exact(o * p).enumerate() {
-                            for (oi, row) in image.chunks_exact(p).enumerate() {
-                                wide[oi * cols + i * p..][..p].copy_from_slice(row);
-                            }
-                        }
-                        &wide[..o * cols]
-                    };
-                    // col [k, cols] read as its transpose [cols, k].
-                    let rhs = Matrix {
+                    let col_t = Matrix {
                         values: col,
                         rows: cols,
                         cols: k,
                         row_stride: 1,
                         col_stride: cols,
                     };
-                    let lhs = Matrix::row_major(dy, o, cols);
-                    matmul(&mut dw, g > 0, lhs, rhs, parallelism);
+                    let lhs = Matrix::row_major(&flipped, c, k);
+                    let col = Matrix::row_major(col, k, cols);
+                    if cols == p {
+                        matmul(
+                            &mut dw,
+                            g > 0,
+                            Matrix::row_major(x, c, p),
+                            col_t,
+                            parallelism,
+                        );
+                        matmul(dx, false, lhs, col, parallelism);
+                    } else {
+                        let wide = &mut wide[..c * cols];
+                        to_channel_major(x, c, p, wide);
+                        matmul(
+                            &mut dw,
+                            g > 0,
+                            Matrix::row_major(wide, c, cols),
+                            col_t,
+                            parallelism,
+                        );
+                        matmul(wide, false, lhs, col, parallelism);
+                        from_channel_major(wide, c, p, None, dx);
+                    }
                 }
             });
             dw
         })
         .collect();
-    sum_of_shares(partials)
+    let weight_grad = flip_transpose(&sum_of_shares(partials), c, o);
+    (x_grad, weight_grad)
 }
 
 /// The element-wise sum of the per-thread partial gradients of a batch's shares.

@@ -68,39 +68,44 @@ pub(super) fn forward(
     let tiles = Tiles::new(h, w);
     let u = transform_weight(weight, o, c);
     let parallelism = gemm_parallelism(n);
-    let group = tiles.images_per_group(n);
-    y.par_chunks_mut(group * o * h * w)
-        .zip(x.par_chunks(group * c * h * w))
+    let (per_thread, group) = tiles.shares_and_groups(n);
+    y.par_chunks_mut(per_thread * o * h * w)
+        .zip(x.par_chunks(per_thread * c * h * w))
         .for_each(|(y, x)| {
-            let images = x.len() / (c * h * w);
-            let cols = images * tiles.count;
-            with_scratch([POSITIONS * c * cols, POSITIONS * o * cols], |v, m| {
-                vectorised(
-                    #[inline(always)]
-                    || {
-                        for (i, image) in x.chunks_exact(c * h * w).enumerate() {
-                            tiles.transform_input(image, c, v, cols, i * tiles.count);
-                        }
-                    },
-                );
-                for k in 0..POSITIONS {
-                    matmul(
-                        &mut m[k * o * cols..][..o * cols],
-                        false,
-                        Matrix::row_major(&u[k * o * c..][..o * c], o, c),
-                        Matrix::row_major(&v[k * c * cols..][..c * cols], c, cols),
-                        parallelism,
+            let groups = y
+                .chunks_mut(group * o * h * w)
+                .zip(x.chunks(group * c * h * w));
+            for (y, x) in groups {
+                let images = x.len() / (c * h * w);
+                let cols = images * tiles.count;
+                with_scratch([POSITIONS * c * cols, POSITIONS * o * cols], |v, m| {
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            for (i, image) in x.chunks_exact(c * h * w).enumerate() {
+                                tiles.transform_input(image, c, v, cols, i * tiles.count);
+                            }
+                        },
                     );
-                }
-                vectorised(
-                    #[inline(always)]
-                    || {
-                        for (i, image) in y.chunks_exact_mut(o * h * w).enumerate() {
-                            tiles.transform_output(m, o, cols, i * tiles.count, bias, image);
-                        }
-                    },
-                );
-            });
+                    for k in 0..POSITIONS {
+                        matmul(
+                            &mut m[k * o * cols..][..o * cols],
+                            false,
+                            Matrix::row_major(&u[k * o * c..][..o * c], o, c),
+                            Matrix::row_major(&v[k * c * cols..][..c * cols], c, cols),
+                            parallelism,
+                        );
+                    }
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            for (i, image) in y.chunks_exact_mut(o * h * w).enumerate() {
+                                tiles.transform_output(m, o, cols, i * tiles.count, bias, image);
+                            }
+                        },
+                    );
+                });
+            }
         });
     y
 }
@@ -121,9 +126,7 @@ pub(super) fn weight_gradient(
     }
     let tiles = Tiles::new(h, w);
     let parallelism = gemm_parallelism(n);
-    let group = tiles.images_per_group(n);
-    let threads = rayon::current_num_threads().min(n.div_ceil(group));
-    let per_thread = n.div_ceil(group).div_ceil(threads) * group;
+    let (per_thread, group) = tiles.shares_and_groups(n);
     let partials: Vec<Vec<f32>> = x
         .par_chunks(per_thread * c * h * w)
         .zip(grad.par_chunks(per_thread * o * h * w))
@@ -249,10 +252,10 @@ impl Tiles {
         }
     }
 
-    /// Images transformed side by side per group of GEMMs, out of a batch of `n`:
-    /// [`GROUP_TILES`] tiles' worth, keeping at least one group per thread.
-    fn images_per_group(self, n: usize) -> usize {
-        (GROUP_TILES / self.count).clamp(1, (n / rayon::current_num_threads()).max(1))
+    /// How a batch of `n` images is shared out: `(images per thread, images per group)`,
+    /// each group about [`GROUP_TILES`] tiles' worth of images transformed side by side.
+    fn shares_and_groups(self, n: usize) -> (usize, usize) {
+        super::shares_and_groups(n, GROUP_TILES / self.count)
     }
 
     /// Writes `V_k[ci, first + t] = (B^T d B)_k` for every tile `t` of every channel of
