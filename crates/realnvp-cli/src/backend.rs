@@ -63,7 +63,26 @@ pub fn cpu_device_at(_index: usize) -> Result<Device, String> {
     Ok(Default::default())
 }
 
-/// The default device of the chosen backend.
-pub fn device() -> <Inference as burn::tensor::backend::BackendTypes>::Device {
-    Default::default()
+/// The device chosen with `--device`, once per invocation.
+static SELECTED: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+
+/// Chooses this invocation's device (`--device N`): the N-th GPU on CUDA and wgpu. The CPU
+/// backends have one device, 0; a higher index is an error that says so.
+pub fn select(index: usize) -> Result<(), String> {
+    let gpu = cfg!(any(feature = "cuda", feature = "wgpu"));
+    if !gpu && index > 0 {
+        return Err(format!(
+            "--device {index}: the {NAME} backend has one device, 0 (GPU indices need a build with `--features cuda` or `--features wgpu`)"
+        ));
+    }
+    let device = device_at(index)?;
+    // A second call (tests calling `run` twice) keeps the first choice.
+    let _ = SELECTED.set(device);
+    Ok(())
+}
+
+/// The device of this invocation: the one chosen with `--device`, else the backend's
+/// default.
+pub fn device() -> Device {
+    SELECTED.get().cloned().unwrap_or_default()
 }

@@ -30,6 +30,10 @@ use realnvp_core::latent_space::Fill;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The device to run on: a GPU index with the CUDA and wgpu backends (0 is the first
+    /// GPU, or wgpu's default adapter); the CPU backends have only device 0.
+    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
+    device: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +247,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script, e.g. `realnvp completions bash >
+    /// ~/.local/share/bash-completion/completions/realnvp`, or for zsh into a directory of
+    /// `$fpath` as `_realnvp`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,8 +343,9 @@ type Inference = backend::Inference;
 type Training = Autodiff<backend::Inference>;
 
 fn run(cli: Cli) -> Result<(), String> {
+    backend::select(cli.device)?;
     match cli.command {
-        Command::Train(args) => train_command(args),
+        Command::Train(args) => train_command(args, cli.device),
         Command::Eval { run, split, json } => eval_command(&run, split, json),
         Command::Sample {
             run,
@@ -430,10 +443,20 @@ fn run(cli: Cli) -> Result<(), String> {
             realnvp_train::run_orchestrator(port).map_err(|e| e.to_string())
         }
         Command::Describe { config } => describe(config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "realnvp",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 
-fn train_command(args: TrainArgs) -> Result<(), String> {
+fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
     let name = args
         .config
         .as_ref()
@@ -468,10 +491,10 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
             std::process::exit(130);
         }
         eprintln!(
-            "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)"
+            "\ninterrupted (Ctrl-C or SIGTERM): saving a checkpoint after this step (signal again to quit at once)"
         );
     })
-    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    .map_err(|e| format!("cannot install the Ctrl-C / SIGTERM handler: {e}"))?;
 
     eprintln!("backend: {}", backend::NAME);
     eprintln!("run directory: {}", run_dir.display());
@@ -482,8 +505,17 @@ fn train_command(args: TrainArgs) -> Result<(), String> {
         progress: true,
     };
     let parallel = &args.parallel;
+    if device > 0 && !parallel.devices.is_empty() {
+        return Err(format!(
+            "--device {device} and --devices {:?} both given: --devices lists every device of a data-parallel run",
+            parallel.devices
+        ));
+    }
     if parallel.devices.len() <= 1 && parallel.nodes.is_none() {
-        let device = backend::device_at(parallel.devices.first().copied().unwrap_or(0))?;
+        let device = match parallel.devices.first() {
+            Some(&index) => backend::device_at(index)?,
+            None => backend::device(),
+        };
         let summary = train::<Training>(&config, &options, &device).map_err(|e| e.to_string())?;
         print_summary(&summary, &run_dir);
         return Ok(());
@@ -558,6 +590,18 @@ fn print_summary(summary: &TrainSummary, run_dir: &Path) {
     );
     println!("samples: {}", run_dir.join("samples").display());
     println!("model: {}", summary.export.display());
+    if let Some((bits_per_dim, step)) = summary.best {
+        println!(
+            "best model: {} (step {step}, {bits_per_dim:.4} bits/dim held out)",
+            summary.export.join(realnvp_train::BEST_EXPORT).display()
+        );
+    }
+    if summary.interrupted {
+        println!(
+            "resume with: realnvp train --out {} --resume",
+            run_dir.display()
+        );
+    }
 }
 
 /// How much of this invocation the leader spent combining steps with the other workers.

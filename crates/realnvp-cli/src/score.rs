@@ -64,8 +64,11 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
         summarise(input, &records, other, others, plot);
         return Ok(());
     }
-    if csv {
-        println!("input,log_likelihood_nats,bits_per_dim");
+    let mut table = csv.then(|| csv::Writer::from_writer(std::io::stdout()));
+    if let Some(table) = table.as_mut() {
+        table
+            .write_record(["input", "log_likelihood_nats", "bits_per_dim"])
+            .map_err(|e| format!("writing CSV: {e}"))?;
     }
     for r in records {
         if json {
@@ -73,19 +76,23 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
                 "{}",
                 serde_json::json!({"input": r.input, "log_likelihood_nats": r.log_likelihood_nats, "bits_per_dim": r.bits_per_dim})
             );
-        } else if csv {
-            println!(
-                "\"{}\",{},{}",
-                r.input.replace('"', "\"\""),
-                r.log_likelihood_nats,
-                r.bits_per_dim
-            );
+        } else if let Some(table) = table.as_mut() {
+            table
+                .write_record([
+                    r.input.as_str(),
+                    &r.log_likelihood_nats.to_string(),
+                    &r.bits_per_dim.to_string(),
+                ])
+                .map_err(|e| format!("writing CSV: {e}"))?;
         } else {
             println!(
                 "{}\t{:.4} nats\t{:.4} bits/dim",
                 r.input, r.log_likelihood_nats, r.bits_per_dim
             );
         }
+    }
+    if let Some(mut table) = table {
+        table.flush().map_err(|e| format!("writing CSV: {e}"))?;
     }
     Ok(())
 }

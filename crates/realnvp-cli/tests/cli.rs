@@ -140,15 +140,46 @@ fn untrained_model_evaluates_samples_and_scores() {
             "{line}"
         );
     }
+
+    // CSV output quotes a file name holding the delimiter and quotes, and reads back.
+    let odd = dir.path().join("odd");
+    std::fs::create_dir(&odd).expect("writable");
+    let name = "c, \"d\".png";
+    image::GrayImage::from_pixel(8, 8, image::Luma([9u8]))
+        .save(odd.join(name))
+        .expect("writable");
+    let score = realnvp(&[
+        "score",
+        "--run",
+        run_arg,
+        "--input",
+        odd.to_str().expect("utf-8"),
+        "--csv",
+    ]);
+    assert!(score.status.success(), "{}", stderr(&score));
+    let mut reader = csv::Reader::from_reader(score.stdout.as_slice());
+    let header = reader.headers().expect("a header").clone();
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        ["input", "log_likelihood_nats", "bits_per_dim"]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("a row")).collect();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0][0].ends_with(name), "{:?}", &rows[0]);
+    assert!(
+        rows[0][2].parse::<f64>().is_ok_and(|b| b > 0.0),
+        "{:?}",
+        &rows[0]
+    );
 }
 
-/// Starts a long small training run in the background, checkpointing every `every` steps;
-/// its output is captured when `capture`, else discarded.
-fn start_long_run(run: &Path, every: &str, capture: bool) -> std::process::Child {
-    let eval_every = format!("train.eval_every={every}");
+/// Starts a long small training run in the background with `extra` settings; its output
+/// is captured when `capture`, else discarded.
+fn start_long_run(run: &Path, extra: &[&str], capture: bool) -> std::process::Child {
     let mut args = vec!["train", "--out", run.to_str().expect("utf-8 path")];
     args.extend_from_slice(&SMALL);
-    args.extend_from_slice(&["--steps", "100000", "--set", &eval_every]);
+    args.extend_from_slice(&["--steps", "100000"]);
+    args.extend_from_slice(extra);
     let output = || {
         if capture {
             Stdio::piped()
@@ -251,7 +282,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
 fn killed_run_resumes_and_continues_its_metrics() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    let mut child = start_long_run(&run, "3", false);
+    let mut child = start_long_run(&run, &["--set", "train.eval_every=3"], false);
     wait_for_checkpoints(&run, 2);
     std::thread::sleep(Duration::from_millis(700));
     child.kill().expect("SIGKILL");
@@ -426,7 +457,7 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_its_checkpoint_intact() 
 fn interrupt_saves_a_checkpoint_before_exiting() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    let child = start_long_run(&run, "2", true);
+    let child = start_long_run(&run, &["--set", "train.eval_every=2"], true);
     wait_for_checkpoints(&run, 1);
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -436,7 +467,10 @@ fn interrupt_saves_a_checkpoint_before_exiting() {
     let out = child.wait_with_output().expect("exits");
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("interrupted: saving a checkpoint"), "{err}");
+    assert!(
+        err.contains("interrupted (Ctrl-C or SIGTERM): saving a checkpoint"),
+        "{err}"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted after"));
     let last_step = *metrics_steps(&run).last().expect("metrics");
     let newest = checkpoints(&run).last().cloned().expect("checkpoint");
@@ -447,4 +481,169 @@ fn interrupt_saves_a_checkpoint_before_exiting() {
     assert!(run.join("export/model.safetensors").is_file());
     let resumed = train(&run, &["--resume", "--steps", &(last_step + 1).to_string()]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
+}
+
+/// A scheduler's SIGTERM stops a run like Ctrl-C: a checkpoint at the step it stopped at
+/// and exit 0 with the command that resumes it. `train.checkpoint_every` wrote checkpoints
+/// between evaluations before that, and the resumed run ends with the same parameters as
+/// an uninterrupted one.
+#[test]
+fn sigterm_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (run, straight) = (dir.path().join("run"), dir.path().join("straight"));
+    let settings = [
+        "--seed",
+        "5",
+        "--set",
+        "train.eval_every=100000",
+        "--set",
+        "train.checkpoint_every=2",
+    ];
+    let child = start_long_run(&run, &settings, true);
+    // Evaluations are 100000 steps apart: this checkpoint comes from `checkpoint_every`.
+    wait_for_checkpoints(&run, 1);
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("exits");
+    let (err, stdout) = (stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("interrupted (Ctrl-C or SIGTERM)"), "{err}");
+    assert!(
+        stdout.contains(&format!(
+            "resume with: realnvp train --out {} --resume",
+            run.display()
+        )),
+        "{stdout}"
+    );
+    let last_step = *metrics_steps(&run).last().expect("metrics");
+    let saved = checkpoints(&run);
+    assert!(
+        saved
+            .last()
+            .is_some_and(|c| c.ends_with(format!("step-{last_step:010}"))),
+        "{saved:?} vs step {last_step}"
+    );
+    let step_of = |c: &PathBuf| -> u64 {
+        let name = c.file_name().expect("name").to_string_lossy().into_owned();
+        name["step-".len()..].parse().expect("step number")
+    };
+    assert!(
+        saved[..saved.len() - 1].iter().all(|c| step_of(c) % 2 == 0),
+        "between evaluations, checkpoints only every 2 steps: {saved:?}"
+    );
+
+    let target = (last_step + 2).to_string();
+    let resumed = train(&run, &["--resume", "--steps", &target]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let uninterrupted = train(
+        &straight,
+        &[&["--steps", &target][..], &settings[..]].concat(),
+    );
+    assert!(uninterrupted.status.success(), "{}", stderr(&uninterrupted));
+    let weights = |run: &Path| {
+        let (model, _) = realnvp_core::load_model::<burn::backend::Flex>(
+            &run.join("export"),
+            &Default::default(),
+        )
+        .expect("export loads");
+        parameter_values(&model)
+    };
+    assert!(
+        weights(&run) == weights(&straight),
+        "parameters differ after SIGTERM and resume"
+    );
+}
+
+/// `realnvp completions SHELL` prints a completion script naming the subcommands and their
+/// options; an unknown shell is an error that lists the known ones.
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = realnvp(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["realnvp", "train", "sample", "resume", "completions"] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    let out = realnvp(&["completions", "tcsh"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bash"), "{}", stderr(&out));
+}
+
+/// The model with the best held-out bits/dim is exported to `export/best/` beside the last
+/// one, with `best.json` naming its step and figure, which match the metrics.
+#[test]
+fn the_best_model_is_exported_beside_the_last() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = train(&run, &["--steps", "5", "--set", "train.eval_every=1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tests: Vec<(u64, f64)> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            Some((v["step"].as_u64()?, v["test_bpd"].as_f64()?))
+        })
+        .collect();
+    assert!(tests.len() >= 5, "{tests:?}");
+    let best = tests
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("evaluations");
+    let note: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("export/best/best.json")).expect("best.json"),
+    )
+    .expect("JSON");
+    assert_eq!(note["step"].as_u64(), Some(best.0), "{note} vs {tests:?}");
+    assert_eq!(note["test_bits_per_dim"].as_f64(), Some(best.1));
+    realnvp_core::load_model::<burn::backend::Flex>(&run.join("export/best"), &Default::default())
+        .expect("the best export loads with realnvp-core alone");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("best model: "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `--device N` above 0 on a CPU backend is one clear error line on every subcommand that
+/// builds a model; `--device 0` is the CPU.
+#[test]
+fn device_beyond_the_cpu_is_one_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let run_arg = run.to_str().expect("utf-8");
+    let out = train(&run, &["--steps", "1", "--device", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let png = dir.path().join("s.png");
+    let cases: [&[&str]; 4] = [
+        &["train", "--out", run_arg, "--steps", "2", "--device", "1"],
+        &["eval", "--run", run_arg, "--device", "1"],
+        &[
+            "sample",
+            "--run",
+            run_arg,
+            "--out",
+            png.to_str().expect("utf-8"),
+            "--device",
+            "3",
+        ],
+        &["bench", "--models", "digits", "--device", "1"],
+    ];
+    for args in cases {
+        let out = realnvp(args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} ran");
+        assert!(
+            err.contains("--device") && err.contains("has one device, 0"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    assert!(!png.exists());
 }

@@ -58,21 +58,25 @@ impl Digits {
 fn parse(text: &str, path: &Path) -> Result<ImageArray, DataError> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
-    for (line_no, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let location = |column: usize| format!("line {}, column {}", line_no + 1, column + 1);
-        let values: Vec<&str> = line.split(',').collect();
-        if values.len() != 65 {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            DataError::at(path, format!("line {line}"), e.to_string())
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let location = |column: usize| format!("line {line}, column {}", column + 1);
+        if record.len() != 65 {
             return Err(DataError::at(
                 path,
-                format!("line {}", line_no + 1),
-                format!("{} values, expected 64 pixels and a label", values.len()),
+                format!("line {line}"),
+                format!("{} values, expected 64 pixels and a label", record.len()),
             ));
         }
-        for (column, value) in values.iter().enumerate() {
+        for (column, value) in record.iter().enumerate() {
             let max = if column == 64 { 9 } else { 16 };
             let v: u8 = value
                 .trim()

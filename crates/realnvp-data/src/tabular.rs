@@ -28,40 +28,64 @@ impl Table {
 }
 
 /// Reads a CSV file of numbers. A first row with any non-numeric cell is the header; every
-/// later cell must be a finite number.
+/// later cell must be a finite number. Quoted fields, a UTF-8 byte-order mark and the
+/// delimiters `,` `;` tab and `|` (the one most frequent in the first line) are accepted.
 pub fn read_csv(path: &Path) -> Result<Table, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     parse_csv(&text, path)
 }
 
-/// Parses CSV text; `path` names the source in errors.
+/// The delimiters [`parse_csv`] recognises, in order of preference on a tie.
+const DELIMITERS: [u8; 4] = [b',', b'\t', b';', b'|'];
+
+/// The delimiter of `text`: the one of [`DELIMITERS`] most frequent in its first non-empty
+/// line (a comma when none occurs: a single column).
+fn sniff_delimiter(text: &str) -> u8 {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let count = |d: u8| first.bytes().filter(|&b| b == d).count();
+    DELIMITERS
+        .into_iter()
+        .rev()
+        .max_by_key(|&d| count(d))
+        .filter(|&d| count(d) > 0)
+        .unwrap_or(b',')
+}
+
+/// Parses CSV text (see [`read_csv`]); `path` names the source in errors, which give the
+/// line and column.
 pub fn parse_csv(text: &str, path: &Path) -> Result<Table, DataError> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .peekable();
-    let Some(&(_, first)) = lines.peek() else {
-        return Err(DataError::dataset(path, "no rows"));
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(sniff_delimiter(text))
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records = reader.records().peekable();
+    let line_of = |record: &csv::StringRecord| record.position().map_or(0, |p| p.line());
+    let first = match records.peek() {
+        None => return Err(DataError::dataset(path, "no rows")),
+        Some(Err(e)) => return Err(csv_error(path, e)),
+        Some(Ok(first)) => first.clone(),
     };
-    let cells: Vec<&str> = first.split(',').map(str::trim).collect();
-    let columns: Vec<String> = if cells.iter().any(|c| c.parse::<f64>().is_err()) {
-        lines.next();
-        cells.iter().map(|c| c.to_string()).collect()
+    let columns: Vec<String> = if first.iter().any(|c| c.parse::<f64>().is_err()) {
+        records.next();
+        first.iter().map(str::to_string).collect()
     } else {
-        (0..cells.len()).map(|i| format!("column_{i}")).collect()
+        (0..first.len()).map(|i| format!("column_{i}")).collect()
     };
     let mut values = Vec::new();
-    for (line_no, line) in lines {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        if cells.len() != columns.len() {
+    for record in records {
+        let record = record.map_err(|e| csv_error(path, &e))?;
+        let line = line_of(&record);
+        if record.len() != columns.len() {
             return Err(DataError::at(
                 path,
-                format!("line {}", line_no + 1),
-                format!("{} cells, expected {}", cells.len(), columns.len()),
+                format!("line {line}"),
+                format!("{} cells, expected {}", record.len(), columns.len()),
             ));
         }
-        for (column, cell) in cells.iter().enumerate() {
+        for (column, cell) in record.iter().enumerate() {
             let value = cell
                 .parse::<f64>()
                 .ok()
@@ -69,7 +93,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Table, DataError> {
                 .ok_or_else(|| {
                     DataError::at(
                         path,
-                        format!("line {}, column {}", line_no + 1, column + 1),
+                        format!("line {line}, column {}", column + 1),
                         format!("`{cell}` is not a finite number"),
                     )
                 })?;
@@ -80,6 +104,12 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Table, DataError> {
         return Err(DataError::dataset(path, "a header but no data rows"));
     }
     Ok(Table { columns, values })
+}
+
+/// A CSV syntax error (an unclosed quote, invalid UTF-8), at its line.
+fn csv_error(path: &Path, e: &csv::Error) -> DataError {
+    let line = e.position().map_or(0, |p| p.line());
+    DataError::at(path, format!("line {line}"), e.to_string())
 }
 
 /// Per-column mean and standard deviation, fitted on the training split.
@@ -163,6 +193,35 @@ mod tests {
                 "{text:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn quotes_delimiters_and_a_byte_order_mark_are_read() {
+        let quoted = parse_csv(
+            "\u{feff}\"x, first\",\"y\"\n\"1.5\",2\n",
+            Path::new("q.csv"),
+        )
+        .expect("quoted header and cells, BOM");
+        assert_eq!(quoted.columns, vec!["x, first", "y"]);
+        assert_eq!(quoted.values, vec![1.5, 2.0]);
+        for (text, name) in [
+            ("a;b\n1;2\n", "semicolons"),
+            ("a\tb\n1\t2\n", "tabs"),
+            ("a|b\n1|2\n", "pipes"),
+        ] {
+            let table = parse_csv(text, Path::new("d.csv")).expect(name);
+            assert_eq!(table.columns, vec!["a", "b"], "{name}");
+            assert_eq!(table.values, vec![1.0, 2.0], "{name}");
+        }
+        let single = parse_csv("v\n1\n2\n", Path::new("s.csv")).expect("one column");
+        assert_eq!(single.values, vec![1.0, 2.0]);
+        let err = parse_csv("a,b\n1,\"x, y\"\n", Path::new("u.csv"))
+            .expect_err("a quoted text cell")
+            .to_string();
+        assert!(
+            err.contains("u.csv") && err.contains("line 2, column 2") && err.contains("`x, y`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -220,6 +220,12 @@ pub struct TrainSettings {
     pub samples: usize,
     /// Prior temperature of the sample grids.
     pub sample_temperature: f64,
+    /// Also write a checkpoint every this many steps between evaluations, so that a run
+    /// killed outright (`kill -9`, a lost node) loses at most this many steps.
+    pub checkpoint_every: Option<u64>,
+    /// Also write a checkpoint once this many minutes (wall clock) have passed since the
+    /// last one.
+    pub checkpoint_minutes: Option<f64>,
     /// Checkpoints kept besides the best one.
     pub keep_checkpoints: usize,
     /// Stop after this many non-finite steps in a row.
@@ -247,6 +253,8 @@ impl Default for TrainSettings {
             log_every: 10,
             samples: 64,
             sample_temperature: 1.0,
+            checkpoint_every: None,
+            checkpoint_minutes: None,
             keep_checkpoints: 3,
             max_bad_steps: 10,
         }
@@ -321,6 +329,14 @@ impl RunConfig {
         }
         if t.eval_batch_size == 0 {
             return Err(bad("eval_batch_size", "a positive integer"));
+        }
+        if t.checkpoint_every == Some(0) {
+            return Err(bad("checkpoint_every", "a positive integer (steps)"));
+        }
+        if t.checkpoint_minutes
+            .is_some_and(|m| !(m > 0.0 && m.is_finite()))
+        {
+            return Err(bad("checkpoint_minutes", "a positive number of minutes"));
         }
         Ok(())
     }

@@ -3,9 +3,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{FormattedDuration, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::checkpoint::{write_atomic, TrainState};
@@ -45,8 +45,49 @@ pub(crate) struct Journal {
     /// Training bits/dim summed over the examples since the last logged step.
     window_bpd: f64,
     window_examples: usize,
+    window_steps: u64,
     window_start: Instant,
+    /// Where the run stops, for the progress bar and its ETA.
+    horizon: Horizon,
 }
+
+/// Where a run stops, for the progress display: a step limit (`train.max_steps`, or
+/// `train.max_epochs` in whole batches) and a wall-clock limit (`train.max_minutes`),
+/// whichever comes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Horizon {
+    /// The last step.
+    pub steps: Option<u64>,
+    /// Seconds of training (over all sessions of the run).
+    pub seconds: Option<f64>,
+}
+
+impl Horizon {
+    /// `(fraction done in [0, 1], seconds left)` at `step` after `elapsed` seconds, running
+    /// at `seconds_per_step`, by the limit that comes first; `None` without a limit.
+    pub(crate) fn progress(
+        &self,
+        step: u64,
+        elapsed: f64,
+        seconds_per_step: f64,
+    ) -> Option<(f64, f64)> {
+        let by_steps = self.steps.map(|last| {
+            let left = last.saturating_sub(step) as f64 * seconds_per_step;
+            (step as f64 / last.max(1) as f64, left)
+        });
+        let by_clock = self
+            .seconds
+            .map(|limit| (elapsed / limit.max(1e-9), (limit - elapsed).max(0.0)));
+        let first = match (by_steps, by_clock) {
+            (Some(a), Some(b)) => Some(if a.1 <= b.1 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        first.map(|(fraction, left)| (fraction.clamp(0.0, 1.0), left))
+    }
+}
+
+/// Positions of the progress bar: per mille of the run.
+const BAR_LENGTH: u64 = 1000;
 
 impl Journal {
     /// Opens the journal of `run_dir`; a resumed run first drops the lines logged after
@@ -55,8 +96,7 @@ impl Journal {
         run_dir: &Path,
         resumed_at: Option<u64>,
         progress: bool,
-        max_steps: Option<u64>,
-        step: u64,
+        horizon: Horizon,
     ) -> Result<Self, TrainError> {
         let path = run_dir.join(METRICS);
         if let Some(step) = resumed_at {
@@ -68,7 +108,7 @@ impl Journal {
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
         let (train_curve, test_curve) = read_curves(&path);
-        let bar = progress_bar(progress, max_steps, step);
+        let bar = progress_bar(progress, horizon);
         Ok(Self {
             run_dir: run_dir.to_path_buf(),
             metrics,
@@ -78,7 +118,9 @@ impl Journal {
             progress: bar,
             window_bpd: 0.0,
             window_examples: 0,
+            window_steps: 0,
             window_start: Instant::now(),
+            horizon,
         })
     }
 
@@ -86,6 +128,7 @@ impl Journal {
     pub(crate) fn add_step(&mut self, bits_per_dim: f64, examples: usize) {
         self.window_bpd += bits_per_dim * examples as f64;
         self.window_examples += examples;
+        self.window_steps += 1;
     }
 
     /// Writes the line of a logged step: the window's mean training bits/dim and
@@ -114,8 +157,13 @@ impl Journal {
             self.test_curve.push((state.step, b));
             self.draw_curves()?;
         }
-        self.show_progress(state.step, train_bpd, test_bpd, rate);
-        (self.window_bpd, self.window_examples, self.window_start) = (0.0, 0, Instant::now());
+        let seconds_per_step = seconds / self.window_steps.max(1) as f64;
+        let done = self
+            .horizon
+            .progress(state.step, state.elapsed_seconds, seconds_per_step);
+        self.show_progress(state.step, train_bpd, test_bpd, rate, done);
+        (self.window_bpd, self.window_examples, self.window_steps) = (0.0, 0, 0);
+        self.window_start = Instant::now();
         Ok(())
     }
 
@@ -152,22 +200,53 @@ impl Journal {
         self.progress.finish_and_clear();
     }
 
-    fn show_progress(&self, step: u64, train_bpd: f64, test_bpd: Option<f64>, rate: f64) {
-        self.progress.set_position(step);
+    /// Shows a logged step: the bar at the fraction of the run `done` (with the seconds
+    /// left), or a plain line on stderr without a terminal.
+    fn show_progress(
+        &self,
+        step: u64,
+        train_bpd: f64,
+        test_bpd: Option<f64>,
+        rate: f64,
+        done: Option<(f64, f64)>,
+    ) {
+        let steps = match self.horizon.steps {
+            Some(last) => format!("step {step}/{last}"),
+            None => format!("step {step}"),
+        };
+        let test = test_bpd
+            .map(|b| format!(" | test {b:.3}"))
+            .unwrap_or_default();
+        let eta = done
+            .map(|(_, left)| {
+                format!(
+                    " | ETA {}",
+                    FormattedDuration(Duration::from_secs_f64(left))
+                )
+            })
+            .unwrap_or_default();
+        if let Some((fraction, _)) = done {
+            self.progress
+                .set_position((fraction * BAR_LENGTH as f64).round() as u64);
+        } else {
+            self.progress.set_position(step);
+        }
         self.progress.set_message(format!(
-            "train {train_bpd:.3} bits/dim{} | {rate:.1} img/s",
-            test_bpd
-                .map(|b| format!(" | test {b:.3}"))
-                .unwrap_or_default()
+            "{steps} | train {train_bpd:.3} bits/dim{test} | {rate:.1} img/s{eta}"
         ));
         // Without a terminal (nohup, CI, a pipe) the bar is hidden: a plain line per
         // logged step instead.
         if self.plain_lines {
             eprintln!(
-                "step {step}: train {train_bpd:.4} bits/dim{}, {rate:.1} img/s",
+                "step {step}: train {train_bpd:.4} bits/dim{}, {rate:.1} img/s{}",
                 test_bpd
                     .map(|b| format!(", test {b:.4} bits/dim"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                done.map(|(_, left)| format!(
+                    ", ETA {}",
+                    FormattedDuration(Duration::from_secs_f64(left))
+                ))
+                .unwrap_or_default()
             );
         }
     }
@@ -229,23 +308,50 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     write_atomic(path, kept.as_bytes())
 }
 
-fn progress_bar(enabled: bool, max_steps: Option<u64>, position: u64) -> ProgressBar {
+/// A bar over the run's [`Horizon`] (the ETA is in the message, computed from the limit
+/// that comes first), or a spinner when the run has no limit.
+fn progress_bar(enabled: bool, horizon: Horizon) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
-    let bar = match max_steps {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] step {pos}/{len} | {msg} | ETA {eta}",
-            )
+    if horizon == Horizon::default() {
+        return ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+    }
+    ProgressBar::new(BAR_LENGTH).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{elapsed_precise} step {pos} | {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        ),
-    };
-    bar.set_position(position);
-    bar
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Horizon;
+
+    #[test]
+    fn horizon_reports_the_limit_that_comes_first() {
+        let steps = Horizon {
+            steps: Some(100),
+            seconds: None,
+        };
+        assert_eq!(steps.progress(25, 999.0, 2.0), Some((0.25, 150.0)));
+        let clock = Horizon {
+            steps: None,
+            seconds: Some(600.0),
+        };
+        assert_eq!(clock.progress(7, 150.0, 2.0), Some((0.25, 450.0)));
+        // 75 steps left at 2 s is 150 s; the clock has 450 s left: the steps end first.
+        let both = Horizon {
+            steps: Some(100),
+            seconds: Some(600.0),
+        };
+        assert_eq!(both.progress(25, 150.0, 2.0), Some((0.25, 150.0)));
+        // At 10 s per step the clock ends first.
+        assert_eq!(both.progress(25, 150.0, 10.0), Some((0.25, 450.0)));
+        assert_eq!(both.progress(200, 900.0, 1.0), Some((1.0, 0.0)));
+        assert_eq!(Horizon::default().progress(5, 1.0, 1.0), None);
+    }
 }

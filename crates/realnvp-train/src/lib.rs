@@ -28,4 +28,4 @@ pub use config::RunConfig;
 pub use error::TrainError;
 pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
 pub use parallel::{run_orchestrator, train_parallel, NodeSpec, ParallelSummary};
-pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary};
+pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary, BEST_EXPORT};

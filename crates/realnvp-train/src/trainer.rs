@@ -29,7 +29,7 @@ use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
-use crate::journal::Journal;
+use crate::journal::{Horizon, Journal};
 use crate::replicas::{Replicas, Solo, StopVotes};
 
 /// How a run is started.
@@ -66,8 +66,10 @@ pub struct TrainSummary {
     pub interrupted: bool,
     /// Non-finite steps skipped in total.
     pub skipped_steps: u64,
-    /// The inference export.
+    /// The inference export (the last weights, or their average).
     pub export: PathBuf,
+    /// The best held-out bits/dim and its step, exported to `export/best/`.
+    pub best: Option<(f64, u64)>,
 }
 
 /// Trains (or resumes) the run described by `config` in `options.run_dir` on one device.
@@ -132,6 +134,8 @@ struct Leader<B: AutodiffBackend> {
     journal: Journal,
     ema: Option<Flow<B::InnerBackend>>,
     last_checkpoint: Option<PathBuf>,
+    /// When this session last wrote a checkpoint (or started), for `train.checkpoint_minutes`.
+    last_saved: Instant,
 }
 
 /// What one optimisation step reports.
@@ -184,16 +188,6 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             }
             None => {}
         }
-        let mut state = start.state.clone();
-        let leader = if replicas.is_leader() {
-            Some(Leader::start(
-                &start, options, t, &model, &mut state, workers, device,
-            )?)
-        } else {
-            None
-        };
-        state.workers = workers as u32;
-
         let stream_config = StreamConfig {
             batch_size: t.batch_size,
             seed: t.seed,
@@ -201,6 +195,30 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         };
         let labelled = matches!(&flow_config, FlowConfig::Image(c) if c.classes > 0);
         let batches = Batches::new(&splits, stream_config, labelled)?;
+
+        let mut state = start.state.clone();
+        let leader = if replicas.is_leader() {
+            let horizon = Horizon {
+                steps: [
+                    t.max_steps,
+                    t.max_epochs
+                        .map(|e| e * batches.steps_per_epoch(t.batch_size)),
+                ]
+                .into_iter()
+                .flatten()
+                .min(),
+                seconds: t.max_minutes.map(|m| m * 60.0),
+            };
+            if options.resume {
+                note_resume(&start, &state, t, workers);
+            }
+            Some(Leader::start(
+                &start, options, t, &model, &state, horizon, device,
+            )?)
+        } else {
+            None
+        };
+        state.workers = workers as u32;
         Ok(Self {
             config,
             options,
@@ -329,7 +347,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
 
     /// On the leader, after a step: the step joins the training curve; every
     /// `train.log_every` steps a metrics line; every `train.eval_every` steps held-out
-    /// bits/dim, samples and a checkpoint.
+    /// bits/dim, samples and a checkpoint; and a checkpoint whenever
+    /// `train.checkpoint_every` steps or `train.checkpoint_minutes` call for one.
     fn log_evaluate_and_checkpoint(&mut self, step: &StepOutcome) -> Result<(), TrainError> {
         let t = &self.config.train;
         let Some(leader) = self.leader.as_mut() else {
@@ -337,24 +356,39 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         };
         leader.journal.add_step(step.bits_per_dim, step.examples);
         let evaluate_now = self.state.step % t.eval_every == 0;
-        if self.state.step % t.log_every != 0 && !evaluate_now {
-            return Ok(());
+        let checkpoint_now = evaluate_now || self.checkpoint_due();
+        if evaluate_now || self.state.step % t.log_every == 0 {
+            let test_bpd = if evaluate_now {
+                Some(self.evaluate_and_draw(t.eval_examples)?.bits_per_dim)
+            } else {
+                None
+            };
+            self.state.elapsed_seconds = self.elapsed();
+            if let Some(leader) = self.leader.as_mut() {
+                leader
+                    .journal
+                    .log_step(&self.state, step.learning_rate, test_bpd)?;
+            }
         }
-        let test_bpd = if evaluate_now {
-            Some(self.evaluate_and_draw(t.eval_examples)?.bits_per_dim)
-        } else {
-            None
-        };
-        self.state.elapsed_seconds = self.elapsed();
-        if let Some(leader) = self.leader.as_mut() {
-            leader
-                .journal
-                .log_step(&self.state, step.learning_rate, test_bpd)?;
-        }
-        if evaluate_now {
+        if checkpoint_now {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Whether `train.checkpoint_every` (steps) or `train.checkpoint_minutes` (since the last
+    /// checkpoint this session) asks for a checkpoint now.
+    fn checkpoint_due(&self) -> bool {
+        let t = &self.config.train;
+        let by_steps = t
+            .checkpoint_every
+            .is_some_and(|every| self.state.step % every == 0);
+        let by_clock = t.checkpoint_minutes.is_some_and(|minutes| {
+            self.leader
+                .as_ref()
+                .is_some_and(|l| l.last_saved.elapsed().as_secs_f64() >= minutes * 60.0)
+        });
+        by_steps || by_clock
     }
 
     /// The model used for evaluation, samples and the export: the weight average when
@@ -366,9 +400,12 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             .unwrap_or_else(|| self.model.valid())
     }
 
+    /// Held-out bits/dim and a sample grid of the evaluation model; a new best is exported
+    /// to `export/best/`.
     fn evaluate_and_draw(&mut self, limit: Option<usize>) -> Result<Evaluation, TrainError> {
         let model = self.eval_model();
-        evaluate_and_draw(
+        let best_before = self.state.best;
+        let evaluation = evaluate_and_draw(
             &model,
             &self.splits,
             limit,
@@ -376,7 +413,19 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             &self.options.run_dir,
             &self.config.train,
             &self.device,
-        )
+        )?;
+        if let Some((bits_per_dim, step)) =
+            self.state.best.filter(|_| self.state.best != best_before)
+        {
+            export_best(
+                &model,
+                &self.flow_config,
+                &self.options.run_dir,
+                bits_per_dim,
+                step,
+            )?;
+        }
+        Ok(evaluation)
     }
 
     /// Writes a checkpoint (leader only).
@@ -393,6 +442,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             leader.ema.as_ref(),
             self.config.train.keep_checkpoints,
         )?);
+        leader.last_saved = Instant::now();
         Ok(())
     }
 
@@ -404,6 +454,11 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             return Ok(None);
         };
         leader.journal.clear_progress();
+        if self.interrupted {
+            // Stopped by a signal (a scheduler's SIGTERM has a grace period): keep the work
+            // safe before the final evaluation, which a second signal may cut short.
+            self.checkpoint()?;
+        }
         self.state.elapsed_seconds = self.elapsed();
         // Throughput counts training (with its periodic evaluations), not the final one.
         let seconds_here = self.started.elapsed().as_secs_f64();
@@ -429,21 +484,22 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             session_seconds: seconds_here,
             interrupted: self.interrupted,
             skipped_steps: self.state.skipped_steps,
+            best: self.state.best,
             export,
         }))
     }
 }
 
 impl<B: AutodiffConvBackend> Leader<B> {
-    /// The leader's part of the start: the weight average, the journal, and the note on a
-    /// resumed run.
+    /// The leader's part of the start: the note on a resumed run, the weight average and
+    /// the journal.
     fn start(
         start: &Loaded,
         options: &TrainOptions,
         t: &TrainSettings,
         model: &Flow<B>,
-        state: &mut TrainState,
-        workers: usize,
+        state: &TrainState,
+        horizon: Horizon,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
         let ema = match t.ema_decay {
@@ -452,34 +508,32 @@ impl<B: AutodiffConvBackend> Leader<B> {
             None => None,
         };
         let resumed_at = options.resume.then_some(state.step);
-        if options.resume {
-            eprintln!(
-                "resuming from {} (step {})",
-                start.path.display(),
-                state.step
-            );
-            if state.workers as usize != workers {
-                eprintln!(
-                    "note: the run was trained by {} worker(s) and continues with {workers}: the global batch stays {}, batch-norm statistics are now taken over {} examples per worker, and the dequantisation noise differs from an uninterrupted run",
-                    state.workers,
-                    t.batch_size,
-                    t.batch_size / workers
-                );
-            }
-        }
-        let journal = Journal::open(
-            &options.run_dir,
-            resumed_at,
-            options.progress,
-            t.max_steps,
-            state.step,
-        )?;
+        let journal = Journal::open(&options.run_dir, resumed_at, options.progress, horizon)?;
         Ok(Self {
             checkpoints: Checkpoints::new(&options.run_dir),
             journal,
             ema,
             last_checkpoint: options.resume.then(|| start.path.clone()),
+            last_saved: Instant::now(),
         })
+    }
+}
+
+/// Says where a resumed run continues from, and what changes when it continues with a
+/// different number of workers than `state` was trained with.
+fn note_resume(start: &Loaded, state: &TrainState, t: &TrainSettings, workers: usize) {
+    eprintln!(
+        "resuming from {} (step {})",
+        start.path.display(),
+        state.step
+    );
+    if state.workers as usize != workers {
+        eprintln!(
+            "note: the run was trained by {} worker(s) and continues with {workers}: the global batch stays {}, batch-norm statistics are now taken over {} examples per worker, and the dequantisation noise differs from an uninterrupted run",
+            state.workers,
+            t.batch_size,
+            t.batch_size / workers
+        );
     }
 }
 
@@ -624,6 +678,33 @@ fn evaluate_and_draw<B: ConvBackend>(
     Ok(e)
 }
 
+/// The folder, inside `export/`, of the model with the best held-out bits/dim so far.
+pub const BEST_EXPORT: &str = "best";
+
+/// Writes `model`, the best so far (`bits_per_dim` at `step`), to `export/best/` with a
+/// `best.json` naming the step: first into a temporary folder, which then replaces the
+/// previous best whole, so that a kill leaves one intact best model.
+fn export_best<B: Backend>(
+    model: &Flow<B>,
+    config: &FlowConfig,
+    run_dir: &Path,
+    bits_per_dim: f64,
+    step: u64,
+) -> Result<(), TrainError> {
+    let export = run_dir.join("export");
+    let (tmp, best) = (export.join(".best-tmp"), export.join(BEST_EXPORT));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    export_model(model, config, &tmp)?;
+    let note = serde_json::json!({ "step": step, "test_bits_per_dim": bits_per_dim });
+    write_atomic(&tmp.join("best.json"), format!("{note}\n").as_bytes())?;
+    if best.exists() {
+        std::fs::remove_dir_all(&best).map_err(|e| TrainError::io(&best, e))?;
+    }
+    std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))
+}
+
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Flow<B>, B>>(
     checkpoints: &Checkpoints,
     state: &TrainState,
@@ -732,6 +813,15 @@ impl Batches {
                 Batches::Vectors(TrainStream::new(train.clone(), config)?)
             }
         })
+    }
+
+    /// Whole batches of `batch_size` in one epoch (the incomplete last one is dropped).
+    fn steps_per_epoch(&self, batch_size: usize) -> u64 {
+        let examples = match self {
+            Batches::Images { stream, .. } => stream.epoch_len(),
+            Batches::Vectors(stream) => stream.epoch_len(),
+        };
+        (examples / batch_size.max(1)) as u64
     }
 
     /// This worker's `shard` of the batch at `position`, on `device`.
