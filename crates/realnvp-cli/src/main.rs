@@ -280,6 +280,10 @@ struct TrainArgs {
     /// Seed of initialisation, data order and noise.
     #[arg(long)]
     seed: Option<u64>,
+    /// Fine-tune: start this new run from the weights of a trained run or export directory
+    /// (the same architecture; a tensor of another shape is an error naming it).
+    #[arg(long, value_name = "RUN_OR_EXPORT_DIR", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     #[command(flatten)]
     parallel: ParallelArgs,
 }
@@ -503,6 +507,7 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
         resume: args.resume,
         interrupt,
         progress: true,
+        init_from: args.init_from.clone(),
     };
     let parallel = &args.parallel;
     if device > 0 && !parallel.devices.is_empty() {

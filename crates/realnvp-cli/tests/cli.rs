@@ -647,3 +647,60 @@ fn device_beyond_the_cpu_is_one_clear_error() {
     }
     assert!(!png.exists());
 }
+
+/// `--init-from` starts a new run from a trained one: at step 0 its weights are the
+/// source's; another architecture is one error line naming the tensor and both shapes.
+#[test]
+fn init_from_starts_a_new_run_from_trained_weights() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (source, tuned, other) = (
+        dir.path().join("source"),
+        dir.path().join("tuned"),
+        dir.path().join("other"),
+    );
+    let out = train(&source, &["--steps", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let weights = |export: &Path| {
+        let (model, _) =
+            realnvp_core::load_model::<burn::backend::Flex>(export, &Default::default())
+                .expect("export loads");
+        parameter_values(&model)
+    };
+    for from in [source.clone(), source.join("export")] {
+        let _ = std::fs::remove_dir_all(&tuned);
+        let from_arg = from.to_str().expect("utf-8");
+        let out = train(
+            &tuned,
+            &["--steps", "0", "--init-from", from_arg, "--seed", "9"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("initialised from the trained model"));
+        assert!(
+            weights(&tuned.join("export")) == weights(&source.join("export")),
+            "--init-from {from:?}: the weights at step 0 are not the source's"
+        );
+    }
+    let source_arg = source.to_str().expect("utf-8");
+    let out = train(
+        &other,
+        &[
+            "--steps",
+            "1",
+            "--init-from",
+            source_arg,
+            "--set",
+            "model.features=6",
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "another architecture trained");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("--init-from: parameter `")
+            && last.contains("] in the trained model but [")
+            && last.contains("] in this run's"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

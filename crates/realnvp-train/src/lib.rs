@@ -18,6 +18,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod grid;
+mod init_from;
 mod journal;
 pub mod parallel;
 pub mod plot;

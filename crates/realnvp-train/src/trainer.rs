@@ -29,6 +29,7 @@ use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
 use crate::error::TrainError;
 use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
+use crate::init_from::init_from;
 use crate::journal::{Horizon, Journal};
 use crate::replicas::{Replicas, Solo, StopVotes};
 
@@ -43,6 +44,9 @@ pub struct TrainOptions {
     pub interrupt: Arc<AtomicBool>,
     /// Show a progress bar (only drawn on a terminal).
     pub progress: bool,
+    /// Fine-tuning: start a new run from the weights of this trained run or export
+    /// directory (same architecture) instead of a fresh initialisation.
+    pub init_from: Option<PathBuf>,
 }
 
 /// What a finished run reports.
@@ -579,7 +583,11 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
         return Ok(loaded);
     }
     B::seed(device, config.train.seed);
-    let model = init_model::<B>(flow_config, device)?;
+    let mut model = init_model::<B>(flow_config, device)?;
+    if let Some(dir) = &options.init_from {
+        model = init_from(model, dir, device)?;
+        eprintln!("initialised from the trained model in {}", dir.display());
+    }
     let mut payload = Payload::new();
     payload.add::<_, B>(MODEL, model.into_record())?;
     Ok(Loaded::in_memory(

@@ -25,6 +25,7 @@ fn options(run_dir: &Path) -> TrainOptions {
         resume: false,
         interrupt: Arc::new(AtomicBool::new(false)),
         progress: false,
+        init_from: None,
     }
 }
 
