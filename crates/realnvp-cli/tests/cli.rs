@@ -368,18 +368,18 @@ fn resuming_gives_the_same_parameters_as_an_uninterrupted_run() {
         &[&["--resume", "--steps", "6"], &every[..]].concat(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    // Record files carry random parameter ids, so compare the values themselves.
-    let weights = |run: &Path| {
-        let (model, _) = realnvp_core::load_model::<burn::backend::Flex>(
-            &run.join("export"),
-            &Default::default(),
-        )
-        .expect("export loads with realnvp-core alone");
-        parameter_values(&model)
-    };
-    let (a, b) = (weights(&straight), weights(&split));
+    let (a, b) = (export_values(&straight), export_values(&split));
     assert!(a.len() > 1000, "{} values", a.len());
     assert!(a == b, "parameters differ after resuming");
+}
+
+/// The parameter values of a run's export, loaded with realnvp-core alone. Record files
+/// carry random parameter ids, so runs are compared by their values.
+fn export_values(run: &Path) -> Vec<f32> {
+    let (model, _) =
+        realnvp_core::load_model::<burn::backend::Flex>(&run.join("export"), &Default::default())
+            .expect("export loads with realnvp-core alone");
+    parameter_values(&model)
 }
 
 /// Every float parameter and running statistic, in visiting order.
@@ -543,16 +543,8 @@ fn sigterm_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one() {
         &[&["--steps", &target][..], &settings[..]].concat(),
     );
     assert!(uninterrupted.status.success(), "{}", stderr(&uninterrupted));
-    let weights = |run: &Path| {
-        let (model, _) = realnvp_core::load_model::<burn::backend::Flex>(
-            &run.join("export"),
-            &Default::default(),
-        )
-        .expect("export loads");
-        parameter_values(&model)
-    };
     assert!(
-        weights(&run) == weights(&straight),
+        export_values(&run) == export_values(&straight),
         "parameters differ after SIGTERM and resume"
     );
 }
@@ -660,12 +652,6 @@ fn init_from_starts_a_new_run_from_trained_weights() {
     );
     let out = train(&source, &["--steps", "3"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let weights = |export: &Path| {
-        let (model, _) =
-            realnvp_core::load_model::<burn::backend::Flex>(export, &Default::default())
-                .expect("export loads");
-        parameter_values(&model)
-    };
     for from in [source.clone(), source.join("export")] {
         let _ = std::fs::remove_dir_all(&tuned);
         let from_arg = from.to_str().expect("utf-8");
@@ -676,7 +662,7 @@ fn init_from_starts_a_new_run_from_trained_weights() {
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stderr(&out).contains("initialised from the trained model"));
         assert!(
-            weights(&tuned.join("export")) == weights(&source.join("export")),
+            export_values(&tuned) == export_values(&source),
             "--init-from {from:?}: the weights at step 0 are not the source's"
         );
     }

@@ -642,29 +642,25 @@ fn backward(
                         row_stride: 1,
                         col_stride: cols,
                     };
+                    let single = cols == p;
+                    let x = if single {
+                        x
+                    } else {
+                        to_channel_major(x, c, p, &mut wide[..c * cols]);
+                        &wide[..c * cols]
+                    };
+                    let x = Matrix::row_major(x, c, cols);
+                    matmul(&mut dw, g > 0, x, col_t, parallelism);
                     let lhs = Matrix::row_major(&flipped, c, k);
                     let col = Matrix::row_major(col, k, cols);
-                    if cols == p {
-                        matmul(
-                            &mut dw,
-                            g > 0,
-                            Matrix::row_major(x, c, p),
-                            col_t,
-                            parallelism,
-                        );
-                        matmul(dx, false, lhs, col, parallelism);
+                    let dst = if single {
+                        &mut *dx
                     } else {
-                        let wide = &mut wide[..c * cols];
-                        to_channel_major(x, c, p, wide);
-                        matmul(
-                            &mut dw,
-                            g > 0,
-                            Matrix::row_major(wide, c, cols),
-                            col_t,
-                            parallelism,
-                        );
-                        matmul(wide, false, lhs, col, parallelism);
-                        from_channel_major(wide, c, p, None, dx);
+                        &mut wide[..c * cols]
+                    };
+                    matmul(dst, false, lhs, col, parallelism);
+                    if !single {
+                        from_channel_major(&wide[..c * cols], c, p, None, dx);
                     }
                 }
             });

@@ -1,7 +1,7 @@
 //! Fine-tuning: a new run's initial weights taken from a trained run or an export
 //! (`realnvp train --init-from DIR`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use burn_store::{ModuleSnapshot, TensorSnapshot};
@@ -77,10 +77,8 @@ fn check_shapes(
             Some(_) => {}
         }
     }
-    if let Some(extra) = theirs.iter().find(|t| {
-        let path = t.full_path();
-        !ours.iter().any(|o| o.full_path() == path)
-    }) {
+    let our_paths: HashSet<String> = ours.iter().map(TensorSnapshot::full_path).collect();
+    if let Some(extra) = theirs.iter().find(|t| !our_paths.contains(&t.full_path())) {
         return Err(mismatch(
             dir,
             format!(

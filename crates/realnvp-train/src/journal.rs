@@ -217,14 +217,7 @@ impl Journal {
         let test = test_bpd
             .map(|b| format!(" | test {b:.3}"))
             .unwrap_or_default();
-        let eta = done
-            .map(|(_, left)| {
-                format!(
-                    " | ETA {}",
-                    FormattedDuration(Duration::from_secs_f64(left))
-                )
-            })
-            .unwrap_or_default();
+        let left = done.map(|(_, left)| FormattedDuration(Duration::from_secs_f64(left)));
         if let Some((fraction, _)) = done {
             self.progress
                 .set_position((fraction * BAR_LENGTH as f64).round() as u64);
@@ -232,7 +225,10 @@ impl Journal {
             self.progress.set_position(step);
         }
         self.progress.set_message(format!(
-            "{steps} | train {train_bpd:.3} bits/dim{test} | {rate:.1} img/s{eta}"
+            "{steps} | train {train_bpd:.3} bits/dim{test} | {rate:.1} img/s{}",
+            left.as_ref()
+                .map(|l| format!(" | ETA {l}"))
+                .unwrap_or_default()
         ));
         // Without a terminal (nohup, CI, a pipe) the bar is hidden: a plain line per
         // logged step instead.
@@ -242,11 +238,7 @@ impl Journal {
                 test_bpd
                     .map(|b| format!(", test {b:.4} bits/dim"))
                     .unwrap_or_default(),
-                done.map(|(_, left)| format!(
-                    ", ETA {}",
-                    FormattedDuration(Duration::from_secs_f64(left))
-                ))
-                .unwrap_or_default()
+                left.map(|l| format!(", ETA {l}")).unwrap_or_default()
             );
         }
     }

@@ -82,9 +82,7 @@ pub(super) fn forward(
                     vectorised(
                         #[inline(always)]
                         || {
-                            for (i, image) in x.chunks_exact(c * h * w).enumerate() {
-                                tiles.transform_input(image, c, v, cols, i * tiles.count);
-                            }
+                            tiles.transform_inputs(x, c, v, cols);
                         },
                     );
                     for k in 0..POSITIONS {
@@ -141,9 +139,7 @@ pub(super) fn weight_gradient(
                     vectorised(
                         #[inline(always)]
                         || {
-                            for (i, image) in x.chunks_exact(c * h * w).enumerate() {
-                                tiles.transform_input(image, c, v, cols, i * tiles.count);
-                            }
+                            tiles.transform_inputs(x, c, v, cols);
                             for (i, image) in grad.chunks_exact(o * h * w).enumerate() {
                                 tiles.transform_output_grad(image, o, dm, cols, i * tiles.count);
                             }
@@ -256,6 +252,15 @@ impl Tiles {
     /// each group about [`GROUP_TILES`] tiles' worth of images transformed side by side.
     fn shares_and_groups(self, n: usize) -> (usize, usize) {
         super::shares_and_groups(n, GROUP_TILES / self.count)
+    }
+
+    /// [`Tiles::transform_input`] of every image of `images [n, c, h, w]`, side by side:
+    /// image `i`'s tiles start at column `i * count` of `v [16, c, stride]`.
+    #[inline(always)]
+    fn transform_inputs(self, images: &[f32], c: usize, v: &mut [f32], stride: usize) {
+        for (i, image) in images.chunks_exact(c * self.h * self.w).enumerate() {
+            self.transform_input(image, c, v, stride, i * self.count);
+        }
     }
 
     /// Writes `V_k[ci, first + t] = (B^T d B)_k` for every tile `t` of every channel of
