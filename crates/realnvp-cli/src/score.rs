@@ -55,10 +55,13 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
     };
     let records = score(input)?;
     let others = compare.map(score).transpose()?;
-    if let (Some(plot), Some(others)) = (plot, &others) {
+    if let (Some(plot), Some(other), Some(others)) = (plot, compare, &others) {
         let a: Vec<f64> = records.iter().map(|r| r.bits_per_dim).collect();
         let b: Vec<f64> = others.iter().map(|r| r.bits_per_dim).collect();
-        write_histograms(plot, &[&a, &b], 60).map_err(|e| e.to_string())?;
+        let (name_a, name_b) = (input.display().to_string(), other.display().to_string());
+        let title = format!("bits/dim under the model of {}", run.display());
+        write_histograms(plot, &title, &[(&name_a, &a), (&name_b, &b)], 60)
+            .map_err(|e| e.to_string())?;
     }
     if let (Some(other), Some(others)) = (compare, &others) {
         summarise(input, &records, other, others, plot);

@@ -690,3 +690,144 @@ fn init_from_starts_a_new_run_from_trained_weights() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Reads a run's TensorBoard folder with TensorBoard's own `EventAccumulator`: JSON of
+/// `{"scalars": {tag: [[step, value]...]}, "images": {tag: [[step, width, height,
+/// bytes]...]}}`, every event kept.
+const READ_EVENTS: &str = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0, "images": 0})
+acc.Reload()
+tags = acc.Tags()
+print(json.dumps({
+    "scalars": {t: [[e.step, e.value] for e in acc.Scalars(t)] for t in tags["scalars"]},
+    "images": {t: [[e.step, e.width, e.height, len(e.encoded_image_string)]
+                   for e in acc.Images(t)] for t in tags["images"]},
+}))
+"#;
+
+/// The Python that has the `tensorboard` package: `REALNVP_TENSORBOARD_PYTHON`, else
+/// `python3`. `None` (the test then says so and passes) when it cannot import
+/// tensorboard, unless `REALNVP_REQUIRE_TENSORBOARD=1` (CI sets it).
+fn tensorboard_python() -> Option<String> {
+    let python = std::env::var("REALNVP_TENSORBOARD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let works = Command::new(&python)
+        .args(["-c", "import tensorboard"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let required = std::env::var("REALNVP_REQUIRE_TENSORBOARD").is_ok_and(|v| v == "1");
+    match (works, required) {
+        (true, _) => Some(python),
+        (false, true) => {
+            panic!("{python} cannot import tensorboard (REALNVP_REQUIRE_TENSORBOARD=1)")
+        }
+        (false, false) => {
+            eprintln!("skipped: {python} cannot import tensorboard (pip install tensorboard)");
+            None
+        }
+    }
+}
+
+/// The scalars of `metrics.jsonl` under `key` as `(step, value)`, in file order. The
+/// end-of-run line adds only the held-out figure to TensorBoard, so other keys are read
+/// from the logged steps' lines (those with training bits/dim).
+fn metrics_series(run: &Path, key: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics written")
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            let logged_step = v["train_bpd"].is_number() || key == "test_bpd";
+            let point = (v["step"].as_u64()?, v[key].as_f64()?);
+            logged_step.then_some(point)
+        })
+        .collect()
+}
+
+/// TensorBoard reads back every scalar of `metrics.jsonl` and each sample grid, at the
+/// right steps, also across a resume from an older checkpoint: the resumed session's
+/// event file makes the reader drop the steps logged after that checkpoint.
+#[test]
+fn tensorboard_reads_back_the_metrics_and_samples_of_a_resumed_run() {
+    let Some(python) = tensorboard_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let every = ["--set", "train.eval_every=3"];
+    let out = train(&run, &[&["--steps", "6"], &every[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Resume from step 3: steps 4 to 6 are trained and logged again.
+    let newest = checkpoints(&run).pop().expect("checkpoints");
+    assert!(
+        newest.to_string_lossy().ends_with("-0000000006"),
+        "{newest:?}"
+    );
+    std::fs::remove_dir_all(&newest).expect("removable");
+    let out = train(&run, &[&["--resume", "--steps", "8"], &every[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = std::fs::read_dir(run.join("tensorboard")).expect("tensorboard folder");
+    assert_eq!(files.count(), 2, "one event file per session");
+
+    let read = Command::new(&python)
+        .args(["-c", READ_EVENTS])
+        .arg(run.join("tensorboard"))
+        .output()
+        .expect("python runs");
+    assert!(read.status.success(), "{}", stderr(&read));
+    let events: serde_json::Value = serde_json::from_slice(&read.stdout).expect("JSON");
+    let scalars = |tag: &str| -> Vec<(u64, f64)> {
+        events["scalars"][tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no scalars {tag}: {events}"))
+            .iter()
+            .map(|p| (p[0].as_u64().expect("step"), p[1].as_f64().expect("value")))
+            .collect()
+    };
+    for (tag, key) in [
+        ("bits_per_dim/train", "train_bpd"),
+        ("bits_per_dim/test", "test_bpd"),
+        ("learning_rate", "learning_rate"),
+        ("grad_norm", "grad_norm"),
+        ("images_per_second", "images_per_second"),
+    ] {
+        let (read, logged) = (scalars(tag), metrics_series(&run, key));
+        let steps = |s: &[(u64, f64)]| s.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(steps(&read), steps(&logged), "{tag}");
+        for ((_, a), (_, b)) in read.iter().zip(&logged) {
+            // Stored as f32.
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{tag}: {a} vs {b}"
+            );
+        }
+    }
+    assert_eq!(
+        scalars("bits_per_dim/train")
+            .iter()
+            .map(|p| p.0)
+            .collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    // One sample grid per evaluation (steps 3 and 6) and at the end (8); of step 6 only
+    // the resumed session's, the first session's two (evaluation and end) dropped.
+    let images = events["images"]["samples"]
+        .as_array()
+        .expect("sample images");
+    let steps: Vec<u64> = images
+        .iter()
+        .map(|i| i[0].as_u64().expect("step"))
+        .collect();
+    assert_eq!(steps, [3, 6, 8]);
+    for image in images {
+        let png = run.join(format!("samples/step-{}.png", image[0]));
+        let (width, height) = image_size(&png);
+        let bytes = std::fs::metadata(&png).expect("sample file").len();
+        assert_eq!(
+            (image[1].as_u64(), image[2].as_u64(), image[3].as_u64()),
+            (Some(width.into()), Some(height.into()), Some(bytes)),
+            "{png:?}"
+        );
+    }
+}

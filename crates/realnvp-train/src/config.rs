@@ -98,6 +98,33 @@ pub enum DataConfig {
     },
 }
 
+impl DataConfig {
+    /// A short name of the data set, for titles: `digits`, `fashion-mnist (IDX)` (the
+    /// folder's name), `CIFAR-10`, `celeba (images)`, `toy moons`, `power (CSV)`.
+    pub fn describe(&self) -> String {
+        let folder = |path: &Path| {
+            path.file_name()
+                .or(path.parent().and_then(|p| p.file_name()))
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string())
+        };
+        match self {
+            DataConfig::Digits { .. } => "digits".into(),
+            DataConfig::Idx { path, .. } => format!("{} (IDX)", folder(path)),
+            DataConfig::Cifar10 { .. } => "CIFAR-10".into(),
+            DataConfig::ImageFolder { path, .. } => format!("{} (images)", folder(path)),
+            DataConfig::Toy { toy, .. } => {
+                let name = serde_json::to_string(toy).unwrap_or_default();
+                format!("toy {}", name.trim_matches('"'))
+            }
+            DataConfig::Csv { train, .. } => {
+                let stem = train.file_stem().map(|s| s.to_string_lossy().into_owned());
+                format!("{} (CSV)", stem.unwrap_or_else(|| "table".into()))
+            }
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

@@ -11,11 +11,25 @@ use serde::Serialize;
 use crate::checkpoint::{write_atomic, TrainState};
 use crate::error::TrainError;
 use crate::plot::write_learning_curves;
+use crate::tensorboard::{EventWriter, TENSORBOARD_DIR};
 
 /// The learning-curve picture in a run directory.
 pub(crate) const CURVES: &str = "learning-curves.png";
 /// The metrics file in a run directory.
 const METRICS: &str = "metrics.jsonl";
+
+/// TensorBoard tag of the training bits/dim (mean over each logging window).
+pub const TAG_TRAIN: &str = "bits_per_dim/train";
+/// TensorBoard tag of the held-out bits/dim.
+pub const TAG_TEST: &str = "bits_per_dim/test";
+/// TensorBoard tag of the learning rate used.
+pub const TAG_LEARNING_RATE: &str = "learning_rate";
+/// TensorBoard tag of the gradient's global L2 norm before clipping (window mean).
+pub const TAG_GRAD_NORM: &str = "grad_norm";
+/// TensorBoard tag of the training speed, images/s.
+pub const TAG_IMAGES_PER_SECOND: &str = "images_per_second";
+/// TensorBoard tag of the sample grids.
+pub const TAG_SAMPLES: &str = "samples";
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Serialize)]
@@ -25,6 +39,8 @@ struct MetricsLine {
     train_bpd: Option<f64>,
     test_bpd: Option<f64>,
     learning_rate: f64,
+    /// Global L2 norm of the gradient before clipping, mean over the logging window.
+    grad_norm: Option<f64>,
     images_per_second: f64,
     elapsed_seconds: f64,
     skipped_steps: u64,
@@ -33,10 +49,13 @@ struct MetricsLine {
 /// `(step, bits/dim)` points of one curve.
 type Curve = Vec<(u64, f64)>;
 
-/// The run's metrics file, curves and progress display.
+/// The run's metrics file, curves, TensorBoard events and progress display.
 pub(crate) struct Journal {
     run_dir: PathBuf,
+    /// The learning curves' title: the run and its data set.
+    title: String,
     metrics: std::fs::File,
+    events: EventWriter,
     train_curve: Curve,
     test_curve: Curve,
     progress: ProgressBar,
@@ -44,6 +63,8 @@ pub(crate) struct Journal {
     plain_lines: bool,
     /// Training bits/dim summed over the examples since the last logged step.
     window_bpd: f64,
+    /// Gradient norms summed over the steps since the last logged step.
+    window_grad_norm: f64,
     window_examples: usize,
     window_steps: u64,
     window_start: Instant,
@@ -90,10 +111,13 @@ impl Horizon {
 const BAR_LENGTH: u64 = 1000;
 
 impl Journal {
-    /// Opens the journal of `run_dir`; a resumed run first drops the lines logged after
-    /// its checkpoint's `step`, so that the curve continues without repeats.
+    /// Opens the journal of `run_dir` (`title` names the run and data set in the
+    /// curves); a resumed run first drops the lines logged after its checkpoint's `step`,
+    /// so that the curve continues without repeats, and starts a new event file that tells
+    /// TensorBoard to do the same.
     pub(crate) fn open(
         run_dir: &Path,
+        title: String,
         resumed_at: Option<u64>,
         progress: bool,
         horizon: Horizon,
@@ -108,15 +132,19 @@ impl Journal {
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
         let (train_curve, test_curve) = read_curves(&path);
+        let events = EventWriter::create(&run_dir.join(TENSORBOARD_DIR), resumed_at)?;
         let bar = progress_bar(progress, horizon);
         Ok(Self {
             run_dir: run_dir.to_path_buf(),
+            title,
             metrics,
+            events,
             train_curve,
             test_curve,
             plain_lines: progress && bar.is_hidden(),
             progress: bar,
             window_bpd: 0.0,
+            window_grad_norm: 0.0,
             window_examples: 0,
             window_steps: 0,
             window_start: Instant::now(),
@@ -124,15 +152,18 @@ impl Journal {
         })
     }
 
-    /// Adds one step's training bits/dim (mean over `examples`) to the current window.
-    pub(crate) fn add_step(&mut self, bits_per_dim: f64, examples: usize) {
+    /// Adds one step's training bits/dim (mean over `examples`) and gradient norm (global
+    /// L2, before clipping) to the current window.
+    pub(crate) fn add_step(&mut self, bits_per_dim: f64, examples: usize, grad_norm: f64) {
         self.window_bpd += bits_per_dim * examples as f64;
+        self.window_grad_norm += grad_norm;
         self.window_examples += examples;
         self.window_steps += 1;
     }
 
-    /// Writes the line of a logged step: the window's mean training bits/dim and
-    /// images/s, and the held-out bits/dim when the step evaluated; starts a new window.
+    /// Writes the line of a logged step (metrics file and TensorBoard): the window's mean
+    /// training bits/dim, gradient norm and images/s, the learning rate, and the held-out
+    /// bits/dim when the step evaluated; starts a new window.
     pub(crate) fn log_step(
         &mut self,
         state: &TrainState,
@@ -142,16 +173,26 @@ impl Journal {
         let seconds = self.window_start.elapsed().as_secs_f64();
         let rate = self.window_examples as f64 / seconds.max(1e-9);
         let train_bpd = self.window_bpd / self.window_examples.max(1) as f64;
+        let grad_norm = self.window_grad_norm / self.window_steps.max(1) as f64;
         self.write(&MetricsLine {
             step: state.step,
             epoch: state.position.epoch,
             train_bpd: Some(train_bpd),
             test_bpd,
             learning_rate,
+            grad_norm: Some(grad_norm),
             images_per_second: rate,
             elapsed_seconds: state.elapsed_seconds,
             skipped_steps: state.skipped_steps,
         })?;
+        let mut scalars = vec![
+            (TAG_TRAIN, train_bpd),
+            (TAG_LEARNING_RATE, learning_rate),
+            (TAG_GRAD_NORM, grad_norm),
+            (TAG_IMAGES_PER_SECOND, rate),
+        ];
+        scalars.extend(test_bpd.map(|b| (TAG_TEST, b)));
+        self.events.scalars(state.step, &scalars)?;
         self.train_curve.push((state.step, train_bpd));
         if let Some(b) = test_bpd {
             self.test_curve.push((state.step, b));
@@ -162,7 +203,8 @@ impl Journal {
             .horizon
             .progress(state.step, state.elapsed_seconds, seconds_per_step);
         self.show_progress(state.step, train_bpd, test_bpd, rate, done);
-        (self.window_bpd, self.window_examples, self.window_steps) = (0.0, 0, 0);
+        (self.window_bpd, self.window_grad_norm) = (0.0, 0.0);
+        (self.window_examples, self.window_steps) = (0, 0);
         self.window_start = Instant::now();
         Ok(())
     }
@@ -182,12 +224,27 @@ impl Journal {
             train_bpd: None,
             test_bpd: Some(test_bpd),
             learning_rate,
+            grad_norm: None,
             images_per_second,
             elapsed_seconds: state.elapsed_seconds,
             skipped_steps: state.skipped_steps,
         })?;
+        self.events.scalars(state.step, &[(TAG_TEST, test_bpd)])?;
         self.test_curve.push((state.step, test_bpd));
         self.draw_curves()
+    }
+
+    /// Logs the sample grid written to `png` at `step` as a TensorBoard image.
+    pub(crate) fn log_samples(&mut self, step: u64, png: &Path) -> Result<(), TrainError> {
+        let bytes = std::fs::read(png).map_err(|e| TrainError::io(png, e))?;
+        let decoded = image::load_from_memory(&bytes)
+            .map_err(|e| TrainError::io(png, std::io::Error::other(e.to_string())))?;
+        let shape = (
+            decoded.width(),
+            decoded.height(),
+            decoded.color().channel_count(),
+        );
+        self.events.image(step, TAG_SAMPLES, bytes, shape)
     }
 
     /// A warning on stderr that does not break the progress bar.
@@ -246,6 +303,7 @@ impl Journal {
     fn draw_curves(&self) -> Result<(), TrainError> {
         write_learning_curves(
             &self.run_dir.join(CURVES),
+            &self.title,
             &self.train_curve,
             &self.test_curve,
         )

@@ -23,6 +23,7 @@ mod journal;
 pub mod parallel;
 pub mod plot;
 pub mod replicas;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::RunConfig;

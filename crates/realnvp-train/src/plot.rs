@@ -1,216 +1,275 @@
-//! The learning curves of a run as a PNG: training bits/dim in blue, held-out bits/dim in
-//! red, against the step; tick labels in a small built-in digit font.
+//! Pictures of a run, drawn with plotters: the learning curves (training and held-out
+//! bits/dim against the step, the best held-out point marked) and the score histograms
+//! of `realnvp score --compare`. Text is set in a bundled subset of DejaVu Sans
+//! (`assets/`), so that no system font or fontconfig is needed.
 
+use std::ops::Range;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use image::{ImageBuffer, Rgb, RgbImage};
+use image::RgbImage;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
 
 use crate::error::TrainError;
 
-const WIDTH: u32 = 640;
-const HEIGHT: u32 = 400;
-const LEFT: u32 = 70;
-const RIGHT: u32 = 20;
-const TOP: u32 = 20;
-const BOTTOM: u32 = 40;
-/// Training curve colour.
-pub const TRAIN: Rgb<u8> = Rgb([31, 119, 180]);
-/// Held-out curve colour.
-pub const TEST: Rgb<u8> = Rgb([214, 39, 40]);
+/// Width of the pictures, pixels.
+pub const WIDTH: u32 = 800;
+/// Height of the pictures, pixels.
+pub const HEIGHT: u32 = 500;
+/// Training curve colour (and the first histogram's).
+pub const TRAIN: RGBColor = RGBColor(31, 119, 180);
+/// Held-out curve colour (and the second histogram's).
+pub const TEST: RGBColor = RGBColor(214, 39, 40);
+/// The family name the bundled font is registered under.
+const FAMILY: &str = "sans-serif";
 
-/// 3x5 bitmaps of `0-9`, `.` and `-`, one row per 3-bit number.
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        _ => return None,
-    })
+/// Registers the bundled font with plotters, once per process.
+fn bundled_font() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let bytes = include_bytes!("../assets/DejaVuSans-subset.ttf");
+            register_font(FAMILY, FontStyle::Normal, bytes)
+                .map_err(|_| "the bundled font (DejaVu Sans) is not a valid font".to_string())
+        })
+        .clone()
 }
 
-/// Draws `text` with its top-left corner at `(x, y)`, 2x enlarged.
-fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str) {
-    for (k, c) in text.chars().enumerate() {
-        let Some(rows) = glyph(c) else { continue };
-        for (r, bits) in rows.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (4 >> col) != 0 {
-                    for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                        put(
-                            image,
-                            x + k as i64 * 8 + col * 2 + dx,
-                            y + r as i64 * 2 + dy,
-                            Rgb([0, 0, 0]),
-                        );
-                    }
-                }
-            }
-        }
+/// Draws a picture of `WIDTH` x `HEIGHT` with `draw` and saves it as a PNG at `path`.
+/// plotters draws into an RGB buffer; the `image` crate encodes it.
+fn save_png(
+    path: &Path,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
+) -> Result<(), TrainError> {
+    let failed = |message: String| TrainError::io(path, std::io::Error::other(message));
+    bundled_font().map_err(failed)?;
+    let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(&root).map_err(failed)?;
+        root.present().map_err(|e| failed(e.to_string()))?;
     }
+    let image = RgbImage::from_raw(WIDTH, HEIGHT, buffer).expect("buffer of WIDTH x HEIGHT x 3");
+    image.save(path).map_err(|e| failed(e.to_string()))
 }
 
-fn put(image: &mut RgbImage, x: i64, y: i64, colour: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < image.width() && (y as u32) < image.height() {
-        image.put_pixel(x as u32, y as u32, colour);
-    }
+/// `lo..hi` widened by `fraction` of its length on both sides (a flat range by 1e-3).
+fn padded(lo: f64, hi: f64, fraction: f64) -> Range<f64> {
+    let pad = ((hi - lo) * fraction).max(1e-3);
+    (lo - pad)..(hi + pad)
 }
 
-fn line(image: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), colour: Rgb<u8>) {
-    let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
-    for i in 0..=steps {
-        let x = x0 + (x1 - x0) * i / steps;
-        let y = y0 + (y1 - y0) * i / steps;
-        put(image, x, y, colour);
-        put(image, x, y + 1, colour);
-    }
+/// The finite points of a curve, as plotting coordinates.
+fn finite(points: &[(u64, f64)]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter(|p| p.1.is_finite())
+        .map(|&(s, v)| (s as f64, v))
+        .collect()
 }
 
-/// Writes the curves `(step, bits/dim)` of training and held-out data to `path`.
+/// Writes the learning curves of a run to `path`: `train` and `test` are `(step,
+/// bits/dim)` points (non-finite ones left out), `title` names the run and data set.
+/// The held-out point with the lowest bits/dim is ringed and named in the legend.
 pub fn write_learning_curves(
     path: &Path,
+    title: &str,
     train: &[(u64, f64)],
     test: &[(u64, f64)],
 ) -> Result<(), TrainError> {
-    let finite = |points: &[(u64, f64)]| -> Vec<(u64, f64)> {
-        points.iter().copied().filter(|p| p.1.is_finite()).collect()
-    };
     let (train, test) = (finite(train), finite(test));
-    let all: Vec<&(u64, f64)> = train.iter().chain(&test).collect();
-    let mut image: RgbImage = ImageBuffer::from_pixel(WIDTH, HEIGHT, Rgb([255, 255, 255]));
-    let (x0, x1) = (LEFT as i64, (WIDTH - RIGHT) as i64);
-    let (y0, y1) = (TOP as i64, (HEIGHT - BOTTOM) as i64);
-    line(&mut image, (x0, y1), (x1, y1), Rgb([0, 0, 0]));
-    line(&mut image, (x0, y0), (x0, y1), Rgb([0, 0, 0]));
-    if !all.is_empty() {
-        let max_step = all.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
-        let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-        let pad = ((hi - lo) * 0.05).max(1e-3);
-        let (lo, hi) = (lo - pad, hi + pad);
-        let to_px = |(s, v): (u64, f64)| -> (i64, i64) {
-            let x = x0 + ((s as f64 / max_step) * (x1 - x0) as f64) as i64;
-            let y = y1 - (((v - lo) / (hi - lo)) * (y1 - y0) as f64) as i64;
-            (x, y)
+    let best = test
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total_cmp(&b.0)));
+    save_png(path, |root| {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let all = || train.iter().chain(&test);
+        let last_step = all().map(|p| p.0).fold(1.0, f64::max);
+        let lo = all().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let values = if lo.is_finite() {
+            padded(lo, hi, 0.05)
+        } else {
+            0.0..1.0
         };
-        for k in 0..=4 {
-            let v = lo + (hi - lo) * k as f64 / 4.0;
-            let (_, y) = to_px((0, v));
-            line(&mut image, (x0 - 5, y), (x0, y), Rgb([0, 0, 0]));
-            draw_text(&mut image, 4, y - 5, &format!("{v:.2}"));
-            let s = (max_step * k as f64 / 4.0).round() as u64;
-            let (x, _) = to_px((s, lo));
-            line(&mut image, (x, y1), (x, y1 + 5), Rgb([0, 0, 0]));
-            draw_text(&mut image, x - 8, y1 + 12, &s.to_string());
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FAMILY, 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(0.0..last_step * 1.02, values)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("training step")
+            .y_desc("bits/dim")
+            .x_label_formatter(&|step| format!("{step:.0}"))
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 17))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                train.iter().copied(),
+                TRAIN.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label("training (mean over each logging window)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], TRAIN.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(test.iter().copied(), TEST.stroke_width(2)).point_size(3))
+            .map_err(|e| err(&e))?
+            .label("held-out")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], TEST.stroke_width(2)));
+        if let Some((step, bpd)) = best {
+            chart
+                .draw_series([Circle::new((step, bpd), 8, BLACK.stroke_width(2))])
+                .map_err(|e| err(&e))?
+                .label(format!("best held-out: {bpd:.4} at step {step}"))
+                .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(2)));
         }
-        for (points, colour) in [(&train, TRAIN), (&test, TEST)] {
-            for pair in points.windows(2) {
-                line(&mut image, to_px(pair[0]), to_px(pair[1]), colour);
-            }
-            if let [only] = points.as_slice() {
-                let (x, y) = to_px(*only);
-                for d in -2..=2 {
-                    put(&mut image, x + d, y, colour);
-                    put(&mut image, x, y + d, colour);
-                }
-            }
-        }
-    }
-    image
-        .save(path)
-        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))
+    })
 }
 
-/// Writes overlaid histograms of bits/dim, one per series, to `path`: the first series
-/// in blue, the second in red (overlap darker), `bins` bins over the common range; tick
-/// labels give bits/dim on the x axis and the fraction of each series per bin on the y
-/// axis. For out-of-distribution checks: in-distribution scores vs others.
-pub fn write_histograms(path: &Path, series: &[&[f64]], bins: usize) -> Result<(), TrainError> {
-    let colours = [TRAIN, TEST];
+/// The fraction of `values` in each of `bins` equal bins over `range` (values outside it
+/// go to the nearest end bin).
+fn bin_fractions(values: &[f64], range: &Range<f64>, bins: usize) -> Vec<f64> {
+    let width = (range.end - range.start) / bins as f64;
+    let mut counts = vec![0.0; bins];
+    for v in values {
+        let bin = ((v - range.start) / width).max(0.0) as usize;
+        counts[bin.min(bins - 1)] += 1.0;
+    }
+    counts
+        .iter()
+        .map(|c| c / values.len().max(1) as f64)
+        .collect()
+}
+
+/// Writes overlaid histograms of bits/dim to `path`, one per `(name, values)` series
+/// (the first in blue, the second in red, half transparent so that overlap shows),
+/// `bins` bins over the common range of the finite values; the y axis is the fraction of
+/// each series per bin, so that series of different sizes compare. For
+/// out-of-distribution checks: in-distribution scores against others.
+pub fn write_histograms(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &[f64])],
+    bins: usize,
+) -> Result<(), TrainError> {
+    let bins = bins.max(1);
     let finite: Vec<Vec<f64>> = series
         .iter()
-        .map(|s| s.iter().copied().filter(|v| v.is_finite()).collect())
+        .map(|(_, s)| s.iter().copied().filter(|v| v.is_finite()).collect())
         .collect();
-    let all = finite.iter().flatten();
-    let lo = all.clone().copied().fold(f64::INFINITY, f64::min);
-    let hi = all.copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut image: RgbImage = ImageBuffer::from_pixel(WIDTH, HEIGHT, Rgb([255, 255, 255]));
-    let (x0, x1) = (LEFT as i64, (WIDTH - RIGHT) as i64);
-    let (y0, y1) = (TOP as i64, (HEIGHT - BOTTOM) as i64);
-    if lo.is_finite() && bins > 0 {
-        let pad = ((hi - lo) * 0.02).max(1e-3);
-        let (lo, hi) = (lo - pad, hi + pad);
-        let width = (hi - lo) / bins as f64;
-        let fractions: Vec<Vec<f64>> = finite
+    let lo = finite
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let hi = finite
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let range = if lo.is_finite() {
+        padded(lo, hi, 0.02)
+    } else {
+        0.0..1.0
+    };
+    let fractions: Vec<Vec<f64>> = finite
+        .iter()
+        .map(|s| bin_fractions(s, &range, bins))
+        .collect();
+    let top = fractions.iter().flatten().copied().fold(1e-9, f64::max) * 1.1;
+    let width = (range.end - range.start) / bins as f64;
+    save_png(path, |root| {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FAMILY, 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(range.clone(), 0.0..top)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("bits/dim")
+            .y_desc("fraction of inputs per bin")
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 17))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let colours = [TRAIN, TEST].into_iter().cycle();
+        for (((name, values), counts), colour) in series
             .iter()
-            .map(|s| {
-                let mut counts = vec![0.0; bins];
-                for v in s {
-                    counts[(((v - lo) / width) as usize).min(bins - 1)] += 1.0;
-                }
-                counts.iter().map(|c| c / s.len().max(1) as f64).collect()
-            })
-            .collect();
-        let top = fractions
-            .iter()
-            .flatten()
-            .copied()
-            .fold(0.0, f64::max)
-            .max(1e-9)
-            * 1.05;
-        let to_x = |v: f64| x0 + ((v - lo) / (hi - lo) * (x1 - x0) as f64) as i64;
-        let to_y = |f: f64| y1 - (f / top * (y1 - y0) as f64) as i64;
-        for (counts, colour) in fractions.iter().zip(colours) {
-            for (b, &f) in counts.iter().enumerate() {
-                let (left, right) = (
-                    to_x(lo + b as f64 * width),
-                    to_x(lo + (b + 1) as f64 * width),
-                );
-                for x in left..right {
-                    for y in to_y(f)..y1 {
-                        let blended = match image.get_pixel(x as u32, y as u32) {
-                            p if *p == Rgb([255, 255, 255]) => colour,
-                            p => Rgb([
-                                p[0] / 2 + colour[0] / 2,
-                                p[1] / 2 + colour[1] / 2,
-                                p[2] / 2 + colour[2] / 2,
-                            ]
-                            .map(|c| c.saturating_sub(40))),
-                        };
-                        put(&mut image, x, y, blended);
-                    }
-                }
-            }
+            .map(|s| s.0)
+            .zip(&finite)
+            .zip(&fractions)
+            .zip(colours)
+        {
+            let fill = colour.mix(0.55);
+            let bars = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &f)| f > 0.0)
+                .map(|(b, &f)| {
+                    let left = range.start + b as f64 * width;
+                    Rectangle::new([(left, 0.0), (left + width, f)], fill.filled())
+                });
+            chart
+                .draw_series(bars)
+                .map_err(|e| err(&e))?
+                .label(format!("{name} ({} inputs)", values.len()))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], fill.filled()));
         }
-        for k in 0..=4 {
-            let v = lo + (hi - lo) * k as f64 / 4.0;
-            let x = to_x(v);
-            line(&mut image, (x, y1), (x, y1 + 5), Rgb([0, 0, 0]));
-            draw_text(&mut image, x - 12, y1 + 12, &format!("{v:.2}"));
-            let f = top * k as f64 / 4.0;
-            let y = to_y(f);
-            line(&mut image, (x0 - 5, y), (x0, y), Rgb([0, 0, 0]));
-            draw_text(&mut image, 4, y - 5, &format!("{f:.3}"));
-        }
-    }
-    line(&mut image, (x0, y1), (x1, y1), Rgb([0, 0, 0]));
-    line(&mut image, (x0, y0), (x0, y1), Rgb([0, 0, 0]));
-    image
-        .save(path)
-        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
+
+    /// Columns holding a pixel for which `is` holds.
+    fn columns(image: &RgbImage, is: impl Fn(&Rgb<u8>) -> bool) -> Vec<u32> {
+        let mut xs: Vec<u32> = image
+            .enumerate_pixels()
+            .filter(|(_, _, p)| is(p))
+            .map(|(x, _, _)| x)
+            .collect();
+        xs.sort_unstable();
+        xs.dedup();
+        xs
+    }
+
+    /// Whether a pixel has text or axes on it: dark grey or black.
+    fn dark(p: &Rgb<u8>) -> bool {
+        p.0.iter().all(|&c| c < 100)
+    }
 
     #[test]
     fn histograms_show_both_series_where_their_values_lie() {
@@ -218,38 +277,59 @@ mod tests {
         let path = dir.path().join("hist.png");
         let low: Vec<f64> = (0..200).map(|i| 2.0 + (i % 10) as f64 * 0.01).collect();
         let high: Vec<f64> = (0..50).map(|i| 5.0 + (i % 10) as f64 * 0.01).collect();
-        write_histograms(&path, &[&low, &high], 40).expect("writable");
+        write_histograms(&path, "test", &[("low", &low), ("high", &high)], 40).expect("writable");
         let image = image::open(&path).expect("a PNG").to_rgb8();
-        let columns_with = |c: Rgb<u8>| -> Vec<u32> {
-            let mut xs: Vec<u32> = image
-                .enumerate_pixels()
-                .filter(|(_, _, &p)| p == c)
-                .map(|(x, _, _)| x)
-                .collect();
-            xs.dedup();
-            xs
-        };
-        let (blue, red) = (columns_with(TRAIN), columns_with(TEST));
+        assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
+        // Half-transparent bars over white: bluish and reddish pixels, away from the
+        // legend in the upper right.
+        let plot = image::imageops::crop_imm(&image, 0, HEIGHT / 3, WIDTH, HEIGHT / 2).to_image();
+        let blue = columns(&plot, |p| p[2] as i32 > p[0] as i32 + 60);
+        let red = columns(&plot, |p| p[0] as i32 > p[2] as i32 + 60);
         assert!(!blue.is_empty() && !red.is_empty());
-        // The low series sits left of the high one.
         assert!(blue.iter().max() < red.iter().min(), "{blue:?} {red:?}");
     }
 
     #[test]
-    fn draws_both_curves_in_their_colours() {
+    fn learning_curves_have_both_curves_the_best_point_and_labels() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("curves.png");
         let train: Vec<(u64, f64)> = (1..50).map(|s| (s, 6.0 - (s as f64).ln())).collect();
-        let test = vec![(10, 4.0), (20, 3.5), (40, 3.0), (45, f64::NAN)];
-        write_learning_curves(&path, &train, &test).expect("writable");
+        let test = vec![(10, 4.0), (20, 3.5), (40, 3.0), (45, f64::NAN), (49, 3.2)];
+        write_learning_curves(&path, "run x: digits", &train, &test).expect("writable");
         let image = image::open(&path).expect("a PNG").to_rgb8();
         assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
-        let count = |c: Rgb<u8>| image.pixels().filter(|&&p| p == c).count();
+        let count = |c: RGBColor| image.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count();
         assert!(
-            count(TRAIN) > 100 && count(TEST) > 50,
+            count(TRAIN) > 300 && count(TEST) > 100,
             "{} {}",
             count(TRAIN),
             count(TEST)
         );
+        // The title (top band) and the y axis title (left band) are drawn text.
+        let title = image::imageops::crop_imm(&image, 0, 0, WIDTH, 30).to_image();
+        assert!(title.pixels().filter(|p| dark(p)).count() > 50);
+        let y_title = image::imageops::crop_imm(&image, 0, 60, 25, HEIGHT - 120).to_image();
+        assert!(y_title.pixels().filter(|p| dark(p)).count() > 30);
+    }
+
+    #[test]
+    fn the_best_held_out_point_is_ringed_where_it_lies() {
+        // Two pictures that differ only in which held-out point is lowest: the black
+        // ring moves with it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let train: Vec<(u64, f64)> = (0..=100).map(|s| (s, 5.0)).collect();
+        let ring_columns = |test: &[(u64, f64)]| {
+            let path = dir.path().join("c.png");
+            write_learning_curves(&path, "", &train, test).expect("writable");
+            let image = image::open(&path).expect("a PNG").to_rgb8();
+            // Below the legend, inside the axes.
+            let band = image::imageops::crop_imm(&image, 100, 250, WIDTH - 120, 185).to_image();
+            columns(&band, |p| p.0 == [0, 0, 0])
+        };
+        let early = ring_columns(&[(10, 3.0), (90, 4.0)]);
+        let late = ring_columns(&[(10, 4.0), (90, 3.0)]);
+        let mean = |xs: &[u32]| xs.iter().sum::<u32>() as f64 / xs.len().max(1) as f64;
+        assert!(!early.is_empty() && !late.is_empty());
+        assert!(mean(&early) + 300.0 < mean(&late), "{early:?} {late:?}");
     }
 }

@@ -150,6 +150,8 @@ struct StepOutcome {
     examples: usize,
     /// The learning rate used.
     learning_rate: f64,
+    /// Global L2 norm of the gradient, before clipping.
+    grad_norm: f64,
 }
 
 impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
@@ -217,7 +219,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 note_resume(&start, &state, t, workers);
             }
             Some(Leader::start(
-                &start, options, t, &model, &state, horizon, device,
+                &start, options, config, &model, &state, horizon, device,
             )?)
         } else {
             None
@@ -297,8 +299,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             .reduce_step(self.model.clone(), grads, shard_bpd)?;
         self.model = reduced.model;
         let grads = reduced.grads;
-        let finite =
-            reduced.bits_per_dim.is_finite() && gradient_norm::<B>(&self.model, &grads).is_finite();
+        let grad_norm = gradient_norm::<B>(&self.model, &grads);
+        let finite = reduced.bits_per_dim.is_finite() && grad_norm.is_finite();
         self.state.step += 1;
         self.state.position = next;
         if !finite {
@@ -321,6 +323,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             bits_per_dim: reduced.bits_per_dim,
             examples: t.batch_size,
             learning_rate: lr,
+            grad_norm,
         }))
     }
 
@@ -358,7 +361,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         let Some(leader) = self.leader.as_mut() else {
             return Ok(());
         };
-        leader.journal.add_step(step.bits_per_dim, step.examples);
+        leader
+            .journal
+            .add_step(step.bits_per_dim, step.examples, step.grad_norm);
         let evaluate_now = self.state.step % t.eval_every == 0;
         let checkpoint_now = evaluate_now || self.checkpoint_due();
         if evaluate_now || self.state.step % t.log_every == 0 {
@@ -428,6 +433,10 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 bits_per_dim,
                 step,
             )?;
+        }
+        if let Some(leader) = self.leader.as_mut() {
+            let samples = samples_path(&self.options.run_dir, self.state.step);
+            leader.journal.log_samples(self.state.step, &samples)?;
         }
         Ok(evaluation)
     }
@@ -500,19 +509,26 @@ impl<B: AutodiffConvBackend> Leader<B> {
     fn start(
         start: &Loaded,
         options: &TrainOptions,
-        t: &TrainSettings,
+        config: &RunConfig,
         model: &Flow<B>,
         state: &TrainState,
         horizon: Horizon,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
-        let ema = match t.ema_decay {
+        let ema = match config.train.ema_decay {
             Some(_) if options.resume => Some(start.load_into(EMA, model.valid(), device)?),
             Some(_) => Some(model.valid()),
             None => None,
         };
         let resumed_at = options.resume.then_some(state.step);
-        let journal = Journal::open(&options.run_dir, resumed_at, options.progress, horizon)?;
+        let title = format!("{}: {}", run_name(&options.run_dir), config.data.describe());
+        let journal = Journal::open(
+            &options.run_dir,
+            title,
+            resumed_at,
+            options.progress,
+            horizon,
+        )?;
         Ok(Self {
             checkpoints: Checkpoints::new(&options.run_dir),
             journal,
@@ -671,7 +687,7 @@ fn evaluate_and_draw<B: ConvBackend>(
         t.seed,
         device,
     )?;
-    let samples = run_dir.join(format!("samples/step-{}.png", state.step));
+    let samples = samples_path(run_dir, state.step);
     write_samples(
         model,
         &samples,
@@ -684,6 +700,21 @@ fn evaluate_and_draw<B: ConvBackend>(
         state.best = Some((e.bits_per_dim, state.step));
     }
     Ok(e)
+}
+
+/// The name of a run: its directory's.
+fn run_name(run_dir: &Path) -> String {
+    run_dir
+        .canonicalize()
+        .unwrap_or_else(|_| run_dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into())
+}
+
+/// The sample grid drawn at `step`.
+fn samples_path(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(format!("samples/step-{step}.png"))
 }
 
 /// The folder, inside `export/`, of the model with the best held-out bits/dim so far.
