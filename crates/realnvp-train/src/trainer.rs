@@ -183,7 +183,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         let start = share_start_point(replicas, prepared, &options.run_dir)?;
 
         let model = start.load_into(MODEL, init_model::<B>(&flow_config, device)?, device)?;
-        let mut optimizer = adam::<B>(t);
+        let mut optimizer = adam::<B>(t, flow_config.dims());
         match start.record(OPTIMIZER, device)? {
             Some(record) => optimizer = optimizer.load_record(record),
             None if options.resume => {
@@ -308,6 +308,12 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             return Ok(None);
         }
         self.bad_in_a_row = 0;
+        let grads = match t.grad_clip_norm {
+            Some(max) if grad_norm > f64::from(max) => {
+                scale_gradients(&self.model, grads, f64::from(max) / grad_norm)
+            }
+            _ => grads,
+        };
         let lr = if t.warmup_steps > 0 {
             t.learning_rate * (self.state.step as f64 / t.warmup_steps as f64).min(1.0)
         } else {
@@ -652,15 +658,19 @@ fn init_model<B: AutodiffConvBackend>(
     })
 }
 
-fn adam<B: AutodiffConvBackend>(t: &TrainSettings) -> Adam<B> {
-    AdamConfig::new()
-        .with_beta_1(t.beta1)
-        .with_beta_2(t.beta2)
-        .with_grad_clipping(
-            t.grad_clip_norm
-                .map(burn::grad_clipping::GradientClippingConfig::Norm),
-        )
-        .init::<B, Flow<B>>()
+/// Adam for the bits/dim loss of a model of `dims` dimensions: `train.adam_epsilon` is
+/// for per-example nats, `dims ln 2` times the bits/dim loss, and Adam's update is the
+/// same for a loss scaled by `k` and epsilon scaled by `k` (without the key, Burn's
+/// default epsilon on bits/dim). Gradients are clipped by
+/// their global norm before the step (`clip_by_global_norm`), not by Burn's per-tensor
+/// clipping.
+fn adam<B: AutodiffConvBackend>(t: &TrainSettings, dims: usize) -> Adam<B> {
+    let config = AdamConfig::new().with_beta_1(t.beta1).with_beta_2(t.beta2);
+    match t.adam_epsilon {
+        Some(nats) => config.with_epsilon((nats / (dims as f64 * std::f64::consts::LN_2)) as f32),
+        None => config,
+    }
+    .init::<B, Flow<B>>()
 }
 
 const MODEL: &str = "model";
@@ -793,6 +803,29 @@ fn gradient_norm<B: AutodiffBackend>(model: &Flow<B>, grads: &GradientsParams) -
         .total
         .map(|t| t.into_scalar().elem::<f64>().sqrt())
         .unwrap_or(0.0)
+}
+
+/// The gradients `grads` of `model`'s parameters multiplied by `factor`: clipping by
+/// the global norm scales every tensor alike, keeping the gradient's direction.
+fn scale_gradients<B: AutodiffBackend>(
+    model: &Flow<B>,
+    grads: GradientsParams,
+    factor: f64,
+) -> GradientsParams {
+    struct Scale {
+        grads: GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut visitor = Scale { grads, factor };
+    model.visit(&mut visitor);
+    visitor.grads
 }
 
 /// `average <- decay * average + (1 - decay) * current`, parameter by parameter.
@@ -943,4 +976,141 @@ pub fn load_run_model<B: ConvBackend>(
         MODEL
     };
     Ok((loaded.load_into(name, model, device)?, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use realnvp_core::{FlowBatch, VectorRealNvpConfig};
+
+    type Training = Autodiff<Flex>;
+
+    /// A small vector flow (with perturbed, non-trivial parameters) and its gradients on
+    /// a fixed batch.
+    fn model_and_gradients() -> (Flow<Training>, GradientsParams) {
+        let device = Default::default();
+        let config = FlowConfig::Vector(VectorRealNvpConfig {
+            dims: 3,
+            couplings: 3,
+            hidden: 8,
+            ..Default::default()
+        });
+        // Seeded: the same model at each call. Perturbed parameters are results of
+        // operations, so they are made leaves of the graph again.
+        Training::seed(&device, 11);
+        let perturbed = realnvp_core::testing::perturb(
+            config.init::<Training>(&device).expect("valid"),
+            0.3,
+            7,
+        );
+        let model = perturbed.map(&mut Leaves);
+        let x = realnvp_core::testing::uniform::<Training, 2>([16, 3], -2.0, 2.0, 3);
+        let loss = model
+            .bits_per_dim(FlowBatch::Vectors(x), Dequantization::Centre)
+            .mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (model, grads)
+    }
+
+    /// Makes every float parameter a leaf that requires its gradient.
+    struct Leaves;
+    impl<B: AutodiffBackend> ModuleMapper<B> for Leaves {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|t| t.detach().require_grad())
+        }
+    }
+
+    /// Every gradient entry, in module order.
+    fn entries(model: &Flow<Training>, grads: &GradientsParams) -> Vec<f64> {
+        struct Collect<'a>(&'a GradientsParams, Vec<f64>);
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some(g) = self.0.get::<B::InnerBackend, D>(param.id) {
+                    self.1.extend(realnvp_core::testing::values(g));
+                }
+            }
+        }
+        let mut collect = Collect(grads, Vec::new());
+        model.visit(&mut collect);
+        collect.1
+    }
+
+    /// Clipping scales the whole gradient to the global norm asked for, every tensor
+    /// alike (Burn's per-tensor clipping would leave the global norm above it, and change
+    /// the direction).
+    #[test]
+    fn clipping_scales_the_whole_gradient_to_the_global_norm() {
+        let (model, grads) = model_and_gradients();
+        let before = entries(&model, &grads);
+        let norm = gradient_norm(&model, &grads);
+        let direct = before.iter().map(|g| g * g).sum::<f64>().sqrt();
+        assert!((norm - direct).abs() <= 1e-5 * direct, "{norm} vs {direct}");
+        assert!(before.len() > 100 && norm > 0.0, "{} {norm}", before.len());
+        let clipped = scale_gradients(&model, grads, 0.25);
+        let after = entries(&model, &clipped);
+        assert_eq!(after.len(), before.len());
+        for (a, b) in after.iter().zip(&before) {
+            assert!(
+                (a - 0.25 * b).abs() <= 1e-6 * b.abs().max(1e-6),
+                "{a} vs {b}"
+            );
+        }
+        let clipped_norm = gradient_norm(&model, &clipped);
+        assert!((clipped_norm - 0.25 * norm).abs() <= 1e-5 * norm);
+    }
+
+    /// Adam's update does not change when the loss and epsilon are scaled alike: the
+    /// optimiser for bits/dim with `adam_epsilon / (D ln 2)` takes the same step as Adam
+    /// with `adam_epsilon` on nats (the loss times D ln 2).
+    #[test]
+    fn epsilon_for_nats_gives_adams_step_on_nats() {
+        let dims = 3;
+        let mut t = TrainSettings {
+            adam_epsilon: Some(1e-3),
+            ..Default::default()
+        };
+        let step = |optimizer: &mut Adam<Training>, scale: f64| {
+            let (model, _) = model_and_gradients();
+            let x = realnvp_core::testing::uniform::<Training, 2>([16, 3], -2.0, 2.0, 3);
+            let loss = model
+                .bits_per_dim(FlowBatch::Vectors(x), Dequantization::Centre)
+                .mean()
+                .mul_scalar(scale);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let after = optimizer.step(1e-2, model.clone(), grads);
+            let collect = |m: &Flow<Training>| {
+                let mut v = Vec::new();
+                struct Values<'a>(&'a mut Vec<f64>);
+                impl<B: Backend> ModuleVisitor<B> for Values<'_> {
+                    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+                        self.0.extend(realnvp_core::testing::values(p.val()));
+                    }
+                }
+                m.visit(&mut Values(&mut v));
+                v
+            };
+            let (a, b) = (collect(&after), collect(&model));
+            a.iter().zip(&b).map(|(x, y)| x - y).collect::<Vec<f64>>()
+        };
+        let nats_per_bpd = dims as f64 * std::f64::consts::LN_2;
+        let ours = step(&mut adam::<Training>(&t, dims), 1.0);
+        // Adam on nats with epsilon 1e-3: `adam` for one dimension divides by ln 2.
+        t.adam_epsilon = Some(1e-3 * std::f64::consts::LN_2);
+        let on_nats = step(&mut adam::<Training>(&t, 1), nats_per_bpd);
+        let largest = on_nats.iter().fold(0.0f64, |m, d| m.max(d.abs()));
+        assert!(largest > 1e-4, "the step moves the parameters: {largest}");
+        for (a, b) in ours.iter().zip(&on_nats) {
+            assert!((a - b).abs() <= 1e-4 * largest, "{a} vs {b}");
+        }
+        // A much larger epsilon (Burn's 1e-5 on bits/dim is 1e-5 * D ln 2 in nats)
+        // changes the step: the test would see a wrong scaling.
+        t.adam_epsilon = Some(1.0);
+        let damped = step(&mut adam::<Training>(&t, dims), 1.0);
+        let moved = damped
+            .iter()
+            .zip(&ours)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(moved > 1e-2 * largest, "{moved}");
+    }
 }
