@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use image::RgbImage;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -53,6 +54,41 @@ fn save_png(
     }
     let image = RgbImage::from_raw(WIDTH, HEIGHT, buffer).expect("buffer of WIDTH x HEIGHT x 3");
     image.save(path).map_err(|e| failed(e.to_string()))
+}
+
+/// A chart of both pictures: `f64` on both axes.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws the axes with their titles `(x, y)` and light grid lines; `x_label` writes the
+/// x tick labels.
+fn draw_axes(
+    chart: &mut Chart,
+    (x, y): (&str, &str),
+    x_label: &dyn Fn(&f64) -> String,
+) -> Result<(), String> {
+    chart
+        .configure_mesh()
+        .x_desc(x)
+        .y_desc(y)
+        .x_label_formatter(x_label)
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// Draws the legend of the labelled series in the upper right corner.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// `lo..hi` widened by `fraction` of its length on both sides (a flat range by 1e-3).
@@ -103,16 +139,9 @@ pub fn write_learning_curves(
             .y_label_area_size(65)
             .build_cartesian_2d(0.0..last_step * 1.02, values)
             .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("training step")
-            .y_desc("bits/dim")
-            .x_label_formatter(&|step| format!("{step:.0}"))
-            .label_style((FAMILY, 15))
-            .axis_desc_style((FAMILY, 17))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(|e| err(&e))?;
+        draw_axes(&mut chart, ("training step", "bits/dim"), &|step| {
+            format!("{step:.0}")
+        })?;
         chart
             .draw_series(LineSeries::new(
                 train.iter().copied(),
@@ -133,14 +162,7 @@ pub fn write_learning_curves(
                 .label(format!("best held-out: {bpd:.4} at step {step}"))
                 .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))
+        draw_legend(&mut chart)
     })
 }
 
@@ -206,15 +228,11 @@ pub fn write_histograms(
             .y_label_area_size(70)
             .build_cartesian_2d(range.clone(), 0.0..top)
             .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("bits/dim")
-            .y_desc("fraction of inputs per bin")
-            .label_style((FAMILY, 15))
-            .axis_desc_style((FAMILY, 17))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(|e| err(&e))?;
+        draw_axes(
+            &mut chart,
+            ("bits/dim", "fraction of inputs per bin"),
+            &|v| format!("{v:.1}"),
+        )?;
         let colours = [TRAIN, TEST].into_iter().cycle();
         for (((name, values), counts), colour) in series
             .iter()
@@ -238,14 +256,7 @@ pub fn write_histograms(
                 .label(format!("{name} ({} inputs)", values.len()))
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], fill.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))
+        draw_legend(&mut chart)
     })
 }
 
