@@ -349,14 +349,25 @@ fn damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     assert!(err.contains("step 2)"), "resumed from step 2: {err}");
 }
 
-/// With a fixed seed, stopping and resuming gives the same parameters as an uninterrupted
-/// run.
+/// With a fixed seed, stopping and resuming gives the same parameters and learning rates
+/// (a warmup, then a cosine decay, its state in the checkpoint) as an uninterrupted run.
 #[test]
 fn resuming_gives_the_same_parameters_as_an_uninterrupted_run() {
     let dir = tempfile::tempdir().expect("temp dir");
     let straight = dir.path().join("straight");
     let split = dir.path().join("split");
-    let every = ["--set", "train.eval_every=3", "--seed", "5"];
+    let every = [
+        "--set",
+        "train.eval_every=3",
+        "--set",
+        "train.warmup_steps=2",
+        "--set",
+        "train.schedule=cosine",
+        "--set",
+        "train.decay_steps=3",
+        "--seed",
+        "5",
+    ];
     assert!(train(&straight, &[&["--steps", "6"], &every[..]].concat())
         .status
         .success());
@@ -371,6 +382,13 @@ fn resuming_gives_the_same_parameters_as_an_uninterrupted_run() {
     let (a, b) = (export_values(&straight), export_values(&split));
     assert!(a.len() > 1000, "{} values", a.len());
     assert!(a == b, "parameters differ after resuming");
+    let rates = metrics_series(&straight, "learning_rate");
+    assert_eq!(rates.len(), 6, "{rates:?}");
+    assert!(
+        rates.windows(2).any(|w| w[1].1 < w[0].1) && rates.windows(2).any(|w| w[1].1 > w[0].1),
+        "a warmup, then a decay: {rates:?}"
+    );
+    assert_eq!(metrics_series(&split, "learning_rate"), rates);
 }
 
 /// The parameter values of a run's export, loaded with realnvp-core alone. Record files

@@ -10,6 +10,7 @@ use realnvp_data::DatasetInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::schedule::{DecayKind, Schedule};
 
 /// The configuration used when none is given: `configs/digits.toml`, built in.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/digits.toml");
@@ -229,8 +230,18 @@ pub struct TrainSettings {
     pub adam_epsilon: Option<f64>,
     /// Coefficient of the L2 penalty on the coupling scales (the paper's 5e-5).
     pub scale_penalty: f64,
-    /// Linear learning-rate warmup over this many steps (0: none).
+    /// Linear learning-rate warmup over this many steps (step k of it gets
+    /// `learning_rate * k / warmup_steps`; 0: none), before the decay.
     pub warmup_steps: u64,
+    /// The decay after the warmup: `constant`, `cosine`, `exponential` or `step`.
+    pub schedule: DecayKind,
+    /// Cosine: steps from the end of the warmup to `min_learning_rate` (default: up to
+    /// `max_steps`). Exponential and step: steps per factor of `decay_rate`.
+    pub decay_steps: Option<u64>,
+    /// Exponential and step schedules: the factor in (0, 1) per `decay_steps` steps.
+    pub decay_rate: f64,
+    /// Cosine schedule: the learning rate at its end, held after it.
+    pub min_learning_rate: f64,
     /// Clip the gradient's global L2 norm (over all parameters together, of the bits/dim
     /// loss) to this value: the whole gradient is scaled down, its direction kept.
     pub grad_clip_norm: Option<f32>,
@@ -278,6 +289,10 @@ impl Default for TrainSettings {
             adam_epsilon: None,
             scale_penalty: realnvp_core::PAPER_SCALE_PENALTY,
             warmup_steps: 0,
+            schedule: DecayKind::Constant,
+            decay_steps: None,
+            decay_rate: 0.1,
+            min_learning_rate: 0.0,
             grad_clip_norm: None,
             ema_decay: None,
             max_steps: None,
@@ -382,6 +397,7 @@ impl RunConfig {
         {
             return Err(bad("checkpoint_minutes", "a positive number of minutes"));
         }
+        Schedule::new(t)?;
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! # realnvp-train
 //!
 //! Maximum-likelihood training of Real NVP models (`realnvp-core`) on the data sets of
-//! `realnvp-data`: Adam with the paper's scale penalty, warmup, gradient clipping and an
+//! `realnvp-data`: Adam with the paper's scale penalty, learning-rate schedules (warmup,
+//! then constant, cosine, exponential or step decay), gradient clipping and an
 //! optional weight average; bits/dim on the training stream and held-out split;
 //! stopping by steps, epochs or wall-clock minutes; a guard against non-finite steps; and
 //! run directories with crash-safe, resumable checkpoints, `metrics.jsonl`, sample grids
@@ -23,6 +24,7 @@ mod journal;
 pub mod parallel;
 pub mod plot;
 pub mod replicas;
+pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;
 

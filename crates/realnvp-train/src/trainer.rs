@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::lr_scheduler::LrScheduler;
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -32,6 +33,7 @@ use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
 use crate::init_from::init_from;
 use crate::journal::{Horizon, Journal};
 use crate::replicas::{Replicas, Solo, StopVotes};
+use crate::schedule::Schedule;
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -107,7 +109,7 @@ pub(crate) fn run_worker<B: AutodiffConvBackend, R: Replicas<B>>(
     run.finish()
 }
 
-/// The Adam optimiser of a run (with per-tensor clipping when configured).
+/// The Adam optimiser of a run.
 type Adam<B> = OptimizerAdaptor<burn::optim::Adam, Flow<B>, B>;
 
 /// A run in progress on one worker.
@@ -121,6 +123,9 @@ struct Run<'a, B: AutodiffConvBackend, R: Replicas<B>> {
     batches: Batches,
     model: Flow<B>,
     optimizer: Adam<B>,
+    schedule: Schedule,
+    /// The learning rate of the last step.
+    learning_rate: f64,
     state: TrainState,
     /// When this invocation started, and the training seconds before it.
     started: Instant,
@@ -194,6 +199,11 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             }
             None => {}
         }
+        let schedule = match start.record(SCHEDULE, device)? {
+            Some(record) => Schedule::new(t)?.load_record::<B>(record),
+            // A fresh run, or a checkpoint from before schedules were saved.
+            None => Schedule::new(t)?.advanced(start.state.step),
+        };
         let stream_config = StreamConfig {
             batch_size: t.batch_size,
             seed: t.seed,
@@ -235,6 +245,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             batches,
             model,
             optimizer,
+            schedule,
+            learning_rate: t.learning_rate,
             elapsed_before: state.elapsed_seconds,
             start_step: state.step,
             state,
@@ -303,6 +315,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         let finite = reduced.bits_per_dim.is_finite() && grad_norm.is_finite();
         self.state.step += 1;
         self.state.position = next;
+        self.learning_rate = self.schedule.step();
         if !finite {
             self.skip_step(before)?;
             return Ok(None);
@@ -314,11 +327,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             }
             _ => grads,
         };
-        let lr = if t.warmup_steps > 0 {
-            t.learning_rate * (self.state.step as f64 / t.warmup_steps as f64).min(1.0)
-        } else {
-            t.learning_rate
-        };
+        let lr = self.learning_rate;
         self.model = self.optimizer.step(lr, self.model.clone(), grads);
         if let Some(leader) = self.leader.as_mut() {
             if let (Some(average), Some(decay)) = (leader.ema.take(), t.ema_decay) {
@@ -458,6 +467,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             &self.state,
             &self.model,
             &self.optimizer,
+            &self.schedule,
             leader.ema.as_ref(),
             self.config.train.keep_checkpoints,
         )?);
@@ -488,7 +498,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         if let Some(leader) = self.leader.as_mut() {
             leader
                 .journal
-                .log_end(&self.state, t.learning_rate, test.bits_per_dim, rate)?;
+                .log_end(&self.state, self.learning_rate, test.bits_per_dim, rate)?;
         }
         self.checkpoint()?;
         let export = self.options.run_dir.join("export");
@@ -676,6 +686,7 @@ fn adam<B: AutodiffConvBackend>(t: &TrainSettings, dims: usize) -> Adam<B> {
 const MODEL: &str = "model";
 const OPTIMIZER: &str = "optimizer";
 const EMA: &str = "ema";
+const SCHEDULE: &str = "schedule";
 
 /// Evaluates on (the first `limit` examples of) the test split, draws the step's sample
 /// grid and records the best held-out bits/dim.
@@ -759,12 +770,14 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Flow<B>, B>>(
     state: &TrainState,
     model: &Flow<B>,
     optimizer: &O,
+    schedule: &Schedule,
     ema: Option<&Flow<B::InnerBackend>>,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
     let mut payload = Payload::new();
     payload.add::<_, B>(MODEL, model.clone().into_record())?;
     payload.add::<_, B>(OPTIMIZER, optimizer.to_record())?;
+    payload.add::<_, B>(SCHEDULE, schedule.to_record::<B>())?;
     if let Some(ema) = ema {
         payload.add::<_, B::InnerBackend>(EMA, ema.clone().into_record())?;
     }
