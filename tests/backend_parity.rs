@@ -27,6 +27,8 @@ fn config() -> RealNvpConfig {
         width: 8,
         scales: 2,
         res_blocks: 2,
+        // Skip connections, so their 1x1 projections (Burn's conv2d) are compared too.
+        skip_connections: true,
         features: 8,
         batch_norm: true,
         batch_norm_momentum: 0.1,

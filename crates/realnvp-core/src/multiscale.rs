@@ -23,6 +23,8 @@ pub struct ScaleSpec {
     pub features: usize,
     /// Residual blocks per coupling network.
     pub res_blocks: usize,
+    /// Skip connections in the coupling networks.
+    pub skip_connections: bool,
     /// Momentum of the flow-path batch norm, `None` when it is off.
     pub batch_norm_momentum: Option<f64>,
     /// Whether this is the coarsest scale (four checkerboard couplings, no squeeze).
@@ -60,6 +62,7 @@ impl<B: ConvBackend> Scale<B> {
                 mask.changed_channels(channels),
                 features,
                 spec.res_blocks,
+                spec.skip_connections,
                 device,
             );
             FlowStep::new(net, mask, channels, spec.batch_norm_momentum, device)

@@ -204,6 +204,11 @@ impl ImageFolder {
         &self.skipped
     }
 
+    /// The scanned folder.
+    pub fn config_path(&self) -> &Path {
+        &self.config.path
+    }
+
     /// The size preset.
     pub fn preset(&self) -> FolderPreset {
         self.config.preset

@@ -6,7 +6,8 @@
 //!
 //! Readers: the embedded [`digits`] (the default data set), [`idx`] (MNIST,
 //! Fashion-MNIST), [`cifar`] (CIFAR-10 binary), [`folder`] (PNG/JPEG folders with the
-//! paper's CelebA and LSUN presets), [`toy`] (2-D distributions) and [`tabular`] (CSV).
+//! paper's CelebA and LSUN presets; [`partition`] reads official splits such as CelebA's
+//! `list_eval_partition.txt`), [`toy`] (2-D distributions) and [`tabular`] (CSV).
 //! [`loader`] shuffles with a seed, resumably, augments with horizontal flips and batches.
 //! Every reader reports bad input as a [`DataError`] naming the file and the record or
 //! line, never a panic.
@@ -18,6 +19,7 @@ pub mod folder;
 pub mod idx;
 pub mod images;
 pub mod loader;
+pub mod partition;
 pub mod tabular;
 pub mod toy;
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use realnvp_core::{FlowConfig, PreprocessConfig, RealNvpConfig, VectorRealNvpConfig};
 use realnvp_data::folder::FolderPreset;
+use realnvp_data::partition::Part;
 use realnvp_data::toy::Toy;
 use realnvp_data::DatasetInfo;
 use serde::{Deserialize, Serialize};
@@ -66,10 +67,24 @@ pub enum DataConfig {
         #[serde(default = "yes")]
         flip: bool,
     },
-    /// A folder of PNG/JPEG images; every 10th image (file order) is held out for test.
+    /// A folder of PNG/JPEG images. The held-out split is the official one where given:
+    /// a separate folder (`test_path`) or a partition list (`partition`); otherwise every
+    /// 10th image in file order.
     ImageFolder {
-        /// The folder.
+        /// The folder (with `test_path` or `partition`, of the training images or of all).
         path: PathBuf,
+        /// A separate folder of held-out images, e.g. ImageNet's official validation
+        /// images; all of `path` is then training data.
+        #[serde(default)]
+        test_path: Option<PathBuf>,
+        /// An official partition list of the files of `path` (CelebA's
+        /// `list_eval_partition.txt`: `<file name> <0 train, 1 valid, 2 test>` per line).
+        #[serde(default)]
+        partition: Option<PathBuf>,
+        /// Which part of `partition` is held out: `valid` (the paper reports CelebA's
+        /// validation set) or `test`. Training uses part 0 only.
+        #[serde(default = "valid")]
+        held_out: Part,
         /// Size handling (CelebA, LSUN, resize, native).
         preset: FolderPreset,
         /// 3 for colour, 1 for grey.
@@ -126,6 +141,10 @@ impl DataConfig {
     }
 }
 
+fn valid() -> Part {
+    Part::Valid
+}
+
 fn yes() -> bool {
     true
 }
@@ -147,6 +166,8 @@ pub struct ImageModelSettings {
     pub scales: usize,
     /// Residual blocks per coupling network.
     pub res_blocks: usize,
+    /// Skip connections in the coupling networks (the paper's section 4.1).
+    pub skip_connections: bool,
     /// Feature maps at the first scale (doubled per scale).
     pub features: usize,
     /// Flow-path batch norm.
@@ -168,6 +189,7 @@ impl Default for ImageModelSettings {
         Self {
             scales: 2,
             res_blocks: d.res_blocks,
+            skip_connections: d.skip_connections,
             features: d.features,
             batch_norm: d.batch_norm,
             batch_norm_momentum: d.batch_norm_momentum,
@@ -427,6 +449,7 @@ impl RunConfig {
                     width: info.shape[2],
                     scales: m.scales,
                     res_blocks: m.res_blocks,
+                    skip_connections: m.skip_connections,
                     features: m.features,
                     batch_norm: m.batch_norm,
                     batch_norm_momentum: m.batch_norm_momentum,

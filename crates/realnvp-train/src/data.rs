@@ -8,6 +8,7 @@ use realnvp_data::digits::Digits;
 use realnvp_data::folder::{ImageFolder, ImageFolderConfig};
 use realnvp_data::idx::IdxDataset;
 use realnvp_data::loader::{ImageSource, VectorArray};
+use realnvp_data::partition::{Part, Partition};
 use realnvp_data::tabular::{read_csv, Standardizer};
 use realnvp_data::DatasetInfo;
 
@@ -25,6 +26,8 @@ pub enum Splits {
         test: ImageSource,
         /// Shape, levels, sizes.
         info: DatasetInfo,
+        /// Which images are held out, in words (e.g. `the official test files`).
+        held_out: String,
     },
     /// Vectors.
     Vectors {
@@ -34,6 +37,8 @@ pub enum Splits {
         test: VectorArray,
         /// Name for reports.
         name: String,
+        /// Which vectors are held out, in words.
+        held_out: String,
     },
 }
 
@@ -46,6 +51,21 @@ impl Splits {
                 name: name.clone(),
                 dims: train.dims,
             },
+        }
+    }
+
+    /// Which examples are held out, in words: the official split, or the fallback.
+    pub fn held_out(&self) -> &str {
+        match self {
+            Splits::Images { held_out, .. } | Splits::Vectors { held_out, .. } => held_out,
+        }
+    }
+
+    /// Training and held-out examples.
+    pub fn sizes(&self) -> (usize, usize) {
+        match self {
+            Splits::Images { train, test, .. } => (train.len(), test.len()),
+            Splits::Vectors { train, test, .. } => (train.len(), test.len()),
         }
     }
 
@@ -62,16 +82,22 @@ impl Splits {
 
     /// Reads the data set; `seed` draws toy data.
     pub fn load(config: &DataConfig, seed: u64) -> Result<Self, TrainError> {
-        let memory = |train, test, info| Splits::Images {
+        let memory = |train, test, info, held_out: &str| Splits::Images {
             train: ImageSource::Memory(Arc::new(train)),
             test: ImageSource::Memory(Arc::new(test)),
             info,
+            held_out: held_out.to_string(),
         };
         Ok(match config {
             DataConfig::Digits { .. } => {
                 let d = Digits::load()?;
                 let info = d.info();
-                memory(d.train, d.test, info)
+                memory(
+                    d.train,
+                    d.test,
+                    info,
+                    "every 6th image in file order (the embedded set has no official split)",
+                )
             }
             DataConfig::Idx { path, .. } => {
                 let name = path
@@ -80,66 +106,49 @@ impl Splits {
                     .unwrap_or_else(|| "idx".into());
                 let d = IdxDataset::load(path, &name)?;
                 let info = d.info();
-                memory(d.train, d.test, info)
+                memory(d.train, d.test, info, "the official test files (t10k-*)")
             }
             DataConfig::Cifar10 { path, .. } => {
                 let d = Cifar10::load(path)?;
                 let info = d.info();
-                memory(d.train, d.test, info)
+                memory(
+                    d.train,
+                    d.test,
+                    info,
+                    "the official test batch (test_batch.bin)",
+                )
             }
             DataConfig::ImageFolder {
                 path,
+                test_path,
+                partition,
+                held_out,
                 preset,
                 channels,
                 ..
             } => {
-                let folder = Arc::new(ImageFolder::scan(ImageFolderConfig {
-                    path: path.clone(),
-                    preset: *preset,
-                    channels: *channels,
-                })?);
-                if !folder.skipped().is_empty() {
-                    eprintln!(
-                        "warning: {}: skipped {} files that are not PNG or JPEG (first: {})",
-                        path.display(),
-                        folder.skipped().len(),
-                        folder.skipped()[0].display()
-                    );
-                }
-                let (test, train): (Vec<usize>, Vec<usize>) =
-                    (0..folder.len()).partition(|i| i % 10 == 9);
-                if test.is_empty() {
-                    return Err(realnvp_data::DataError::Dataset {
-                        path: path.clone(),
-                        message: format!(
-                            "{} images: at least 10 are needed to hold out a test split",
-                            folder.len()
-                        ),
-                    }
-                    .into());
-                }
-                let info = DatasetInfo {
-                    name: path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "images".into()),
-                    shape: folder.shape(),
-                    levels: 256,
-                    train: train.len(),
-                    test: test.len(),
-                    classes: (!folder.classes().is_empty()).then(|| folder.classes().len()),
+                let scan = |path: &Path| -> Result<Arc<ImageFolder>, TrainError> {
+                    let folder = ImageFolder::scan(ImageFolderConfig {
+                        path: path.to_path_buf(),
+                        preset: *preset,
+                        channels: *channels,
+                    })?;
+                    warn_skipped(&folder, path);
+                    Ok(Arc::new(folder))
                 };
-                Splits::Images {
-                    train: ImageSource::Folder {
-                        folder: folder.clone(),
-                        indices: Arc::new(train),
-                    },
-                    test: ImageSource::Folder {
-                        folder,
-                        indices: Arc::new(test),
-                    },
-                    info,
-                }
+                let folder = scan(path)?;
+                let held_out = match (test_path, partition) {
+                    (Some(_), Some(_)) => {
+                        return Err(TrainError::Config {
+                            origin: "data.test_path and data.partition".into(),
+                            message: "both given: a held-out split comes from one of them".into(),
+                        })
+                    }
+                    (Some(test_path), None) => HeldOut::Folder(scan(test_path)?),
+                    (None, Some(file)) => HeldOut::Partition(Partition::read(file)?, *held_out),
+                    (None, None) => HeldOut::EveryTenth,
+                };
+                folder_splits(path, folder, held_out)?
             }
             DataConfig::Toy { toy, train, test } => {
                 let to_array = |points: Vec<[f64; 2]>| VectorArray {
@@ -153,6 +162,7 @@ impl Splits {
                     train: to_array(toy.sample(*train, seed)),
                     test: to_array(toy.sample(*test, seed ^ 0x7e57)),
                     name: format!("{toy:?}"),
+                    held_out: format!("{test} points drawn with another seed"),
                 }
             }
             DataConfig::Csv { train, test } => {
@@ -183,9 +193,126 @@ impl Splits {
                     train: to_array(train_table),
                     test: to_array(test_table),
                     name: file_name(train),
+                    held_out: format!("the file {}", test.display()),
                 }
             }
         })
+    }
+}
+
+/// Where a folder data set's held-out images come from.
+enum HeldOut {
+    /// A folder of their own (an official validation set).
+    Folder(Arc<ImageFolder>),
+    /// An official partition list, and which part of it is held out.
+    Partition(Partition, Part),
+    /// Every 10th image in file order: the fallback.
+    EveryTenth,
+}
+
+/// The training and held-out images of `folder` (at `path`), and how they were split.
+fn folder_splits(
+    path: &Path,
+    folder: Arc<ImageFolder>,
+    held_out: HeldOut,
+) -> Result<Splits, TrainError> {
+    let all = |folder: &ImageFolder| (0..folder.len()).collect::<Vec<_>>();
+    let (train, test, test_folder, description) = match held_out {
+        HeldOut::Folder(test_folder) => {
+            check_same_kind(&folder, &test_folder)?;
+            let description = format!("the folder {}", test_folder.config_path().display());
+            (all(&folder), all(&test_folder), test_folder, description)
+        }
+        HeldOut::Partition(partition, part) => {
+            let (train, test) = partition.split(folder.files(), part)?;
+            let description = format!(
+                "partition {} ({}) of {}; training on partition 0",
+                part.number(),
+                part.name(),
+                partition.path().display()
+            );
+            (train, test, folder.clone(), description)
+        }
+        HeldOut::EveryTenth => {
+            let (test, train) = (0..folder.len()).partition(|i| i % 10 == 9);
+            let description = "every 10th image in file order (no official split configured: \
+                               set data.test_path or data.partition)"
+                .to_string();
+            (train, test, folder.clone(), description)
+        }
+    };
+    for (what, indices) in [("training", &train), ("held-out", &test)] {
+        if indices.is_empty() {
+            return Err(realnvp_data::DataError::Dataset {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{} images, none of them {what} with the split `{description}`",
+                    folder.len()
+                ),
+            }
+            .into());
+        }
+    }
+    let info = DatasetInfo {
+        name: file_name(path),
+        shape: folder.shape(),
+        levels: 256,
+        train: train.len(),
+        test: test.len(),
+        classes: (!folder.classes().is_empty()).then(|| folder.classes().len()),
+    };
+    Ok(Splits::Images {
+        train: ImageSource::Folder {
+            folder,
+            indices: Arc::new(train),
+        },
+        test: ImageSource::Folder {
+            folder: test_folder,
+            indices: Arc::new(test),
+        },
+        info,
+        held_out: description,
+    })
+}
+
+/// A separate held-out folder must give images of the training folder's shape and
+/// classes.
+fn check_same_kind(train: &ImageFolder, test: &ImageFolder) -> Result<(), TrainError> {
+    let differs = |message: String| {
+        Err(realnvp_data::DataError::Dataset {
+            path: test.config_path().to_path_buf(),
+            message,
+        }
+        .into())
+    };
+    if test.shape() != train.shape() {
+        return differs(format!(
+            "images of shape {:?}, but the training folder {} gives {:?}",
+            test.shape(),
+            train.config_path().display(),
+            train.shape()
+        ));
+    }
+    if test.classes() != train.classes() {
+        return differs(format!(
+            "class sub-folders {:?}, but the training folder {} has {:?}",
+            test.classes(),
+            train.config_path().display(),
+            train.classes()
+        ));
+    }
+    Ok(())
+}
+
+/// Warns about files of a folder that are not images.
+fn warn_skipped(folder: &ImageFolder, path: &Path) {
+    if let Some(first) = folder.skipped().first() {
+        eprintln!(
+            "warning: {}: skipped {} files that are not PNG or JPEG (first: {})",
+            path.display(),
+            folder.skipped().len(),
+            first.display()
+        );
     }
 }
 
@@ -193,4 +320,92 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use realnvp_data::folder::FolderPreset;
+
+    /// Writes `count` grey `side x side` PNGs named `0000.png`, ... into `dir`.
+    fn images(dir: &Path, count: usize, side: u32) {
+        std::fs::create_dir_all(dir).expect("writable");
+        for i in 0..count {
+            image::GrayImage::from_pixel(side, side, image::Luma([i as u8]))
+                .save(dir.join(format!("{i:04}.png")))
+                .expect("writable");
+        }
+    }
+
+    /// A grey image folder at `path` with the given held-out settings.
+    fn folder(
+        path: &Path,
+        test_path: Option<&Path>,
+        partition: Option<&Path>,
+        held_out: Part,
+    ) -> DataConfig {
+        DataConfig::ImageFolder {
+            path: path.to_path_buf(),
+            test_path: test_path.map(Path::to_path_buf),
+            partition: partition.map(Path::to_path_buf),
+            held_out,
+            preset: FolderPreset::Native,
+            channels: 1,
+            flip: false,
+        }
+    }
+
+    #[test]
+    fn a_separate_test_folder_is_the_held_out_split() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (train, valid, other) = (
+            dir.path().join("train"),
+            dir.path().join("valid"),
+            dir.path().join("other"),
+        );
+        images(&train, 7, 4);
+        images(&valid, 3, 4);
+        images(&other, 3, 6);
+        let config = folder(&train, Some(&valid), None, Part::Valid);
+        let splits = Splits::load(&config, 0).expect("valid folders");
+        assert_eq!(splits.sizes(), (7, 3));
+        assert!(splits.held_out().contains("valid"), "{}", splits.held_out());
+
+        let config = folder(&train, Some(&other), None, Part::Valid);
+        let err = Splits::load(&config, 0).unwrap_err().to_string();
+        assert!(err.contains("other") && err.contains("shape"), "{err}");
+    }
+
+    #[test]
+    fn a_partition_list_splits_the_folder_by_file_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let images_dir = dir.path().join("img");
+        images(&images_dir, 6, 4);
+        let list = dir.path().join("list_eval_partition.txt");
+        std::fs::write(
+            &list,
+            "0000.png 0\n0001.png 1\n0002.png 2\n0003.png 0\n0004.png 0\n0005.png 2\n",
+        )
+        .expect("writable");
+        let valid = Splits::load(&folder(&images_dir, None, Some(&list), Part::Valid), 0)
+            .expect("valid partition");
+        assert_eq!(valid.sizes(), (3, 1));
+        assert!(valid.held_out().contains("partition 1 (valid)"));
+        let test = Splits::load(&folder(&images_dir, None, Some(&list), Part::Test), 0)
+            .expect("valid partition");
+        assert_eq!(test.sizes(), (3, 2));
+
+        let both = folder(&images_dir, Some(&images_dir), Some(&list), Part::Valid);
+        let err = Splits::load(&both, 0).unwrap_err().to_string();
+        assert!(err.contains("data.test_path and data.partition"), "{err}");
+    }
+
+    #[test]
+    fn without_an_official_split_every_tenth_image_is_held_out_and_said_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        images(dir.path(), 25, 4);
+        let splits = Splits::load(&folder(dir.path(), None, None, Part::Valid), 0).expect("valid");
+        assert_eq!(splits.sizes(), (23, 2));
+        assert!(splits.held_out().contains("every 10th"));
+    }
 }

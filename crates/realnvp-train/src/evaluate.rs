@@ -45,7 +45,9 @@ pub fn evaluate<B: ConvBackend>(
     B::seed(device, seed);
     let train_split = split == Split::Train;
     let (dims, (total_bpd, examples)) = match splits {
-        Splits::Images { train, test, info } => {
+        Splits::Images {
+            train, test, info, ..
+        } => {
             let source: &ImageSource = if train_split { train } else { test };
             let sums = sum_bits_per_dim(model, source, limit, batch_size, |b: ImageArray| {
                 FlowBatch::Images(b.to_tensor(device))

@@ -60,6 +60,8 @@ pub struct TrainSummary {
     pub epochs: u64,
     /// Held-out evaluation at the end.
     pub test: Evaluation,
+    /// Which examples were held out, in words (the official split, or the fallback).
+    pub held_out: String,
     /// Training seconds in total (resumed runs included).
     pub seconds: f64,
     /// Training examples per second in this invocation (up to its final evaluation).
@@ -225,6 +227,12 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 .min(),
                 seconds: t.max_minutes.map(|m| m * 60.0),
             };
+            let (train, test) = splits.sizes();
+            eprintln!(
+                "data: {}: {train} training and {test} held-out examples; held out: {}",
+                config.data.describe(),
+                splits.held_out()
+            );
             if options.resume {
                 note_resume(&start, &state, t, workers);
             }
@@ -507,6 +515,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             steps: self.state.step,
             epochs: self.state.position.epoch + 1,
             test,
+            held_out: self.splits.held_out().to_string(),
             seconds: self.state.elapsed_seconds,
             images_per_second: rate,
             session_steps: self.state.step - self.start_step,
