@@ -594,6 +594,12 @@ fn print_summary(summary: &TrainSummary, run_dir: &Path) {
         summary.test.examples,
         summary.held_out
     );
+    if let Some(given) = summary.test.given_label_bits_per_dim {
+        println!(
+            "class-conditional: {given:.4} bits/dim given the label (the training objective), {:.4} marginal",
+            summary.test.bits_per_dim
+        );
+    }
     println!("samples: {}", run_dir.join("samples").display());
     println!("model: {}", summary.export.display());
     if let Some((bits_per_dim, step)) = summary.best {
@@ -651,6 +657,9 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
             "{:.4} bits/dim, {:.2} nats per example, {} examples",
             result.bits_per_dim, result.nll_nats, result.examples
         );
+        if let Some(given) = result.given_label_bits_per_dim {
+            println!("{given:.4} bits/dim given the label (the training objective)");
+        }
     }
     Ok(())
 }

@@ -300,7 +300,16 @@ fn extrapolation_and_temperature_grids_have_the_requested_shapes() {
 fn class_conditional_model_samples_classes_and_classifies() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
-    train(&run, "60", &["--set", "model.conditional=true"]);
+    train(
+        &run,
+        "60",
+        &[
+            "--set",
+            "model.conditional=true",
+            "--set",
+            "train.eval_every=30",
+        ],
+    );
     let out = ok(&["classify", "--run", path(&run), "--json"]);
     let result: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(result["examples"], 299);
@@ -336,10 +345,39 @@ fn class_conditional_model_samples_classes_and_classifies() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("classes 0..9"));
 
-    // The marginal likelihood of a conditional model is what eval reports.
+    // eval reports the marginal likelihood of a conditional model and the likelihood given
+    // the label; -log p(x) <= -log p(x | label) + ln K, so the marginal exceeds the
+    // labelled figure by at most log2(10) / 64 bits/dim.
     let eval = ok(&["eval", "--run", path(&run), "--json"]);
     let eval: serde_json::Value = serde_json::from_str(eval.trim()).expect("JSON");
-    assert!(eval["bits_per_dim"].as_f64().expect("bpd").is_finite());
+    let marginal = eval["bits_per_dim"].as_f64().expect("bpd");
+    let given = eval["given_label_bits_per_dim"]
+        .as_f64()
+        .expect("given the label");
+    assert!(marginal.is_finite() && given.is_finite());
+    assert!(marginal != given);
+    assert!(
+        marginal <= given + 10f64.log2() / 64.0 + 1e-9,
+        "{marginal} {given}"
+    );
+
+    // The held-out curve is given the label like the training curve; the marginal is
+    // logged beside it. The end-of-run line evaluates the same export as eval.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let evaluated: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["test_bpd"].is_f64()).collect();
+    assert!(evaluated.len() >= 2, "{metrics}");
+    assert!(evaluated.iter().all(|l| l["test_marginal_bpd"].is_f64()));
+    let end = lines.last().expect("an end line");
+    assert!(
+        (end["test_bpd"].as_f64().unwrap() - given).abs() < 1e-9,
+        "{end} {given}"
+    );
+    assert!((end["test_marginal_bpd"].as_f64().unwrap() - marginal).abs() < 1e-9);
 }
 
 #[test]

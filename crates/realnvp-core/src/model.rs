@@ -351,6 +351,27 @@ impl<B: ConvBackend> RealNvp<B> {
             .bits_per_dim(self.log_density_given(y, labels), dims)
     }
 
+    /// Bits/dim of integer pixels `x`, `[batch]` each, both marginal (`-log p(x)`, as
+    /// [`RealNvp::bits_per_dim`]) and given the `labels` (`-log p(x | k)`, as
+    /// [`RealNvp::bits_per_dim_given`]) from one pass through the flow; the two are equal
+    /// for an unconditional model.
+    pub fn bits_per_dim_marginal_and_given(
+        &self,
+        x: Tensor<B, 4>,
+        labels: Tensor<B, 1, Int>,
+        dequantization: Dequantization,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let per_class = self.class_log_probs(x, dequantization);
+        let [batch, classes] = per_class.dims();
+        let to_bits = -1.0 / (self.config.dims() as f64 * std::f64::consts::LN_2);
+        let given = per_class
+            .clone()
+            .gather(1, labels.reshape([batch, 1]).clamp(0, classes as i64 - 1))
+            .reshape([batch]);
+        let marginal = log_sum_exp(per_class).sub_scalar((classes as f64).ln());
+        (marginal.mul_scalar(to_bits), given.mul_scalar(to_bits))
+    }
+
     /// `log p(x | k)` of integer pixels for every class, nats, `[batch, classes]`; Bayes'
     /// rule with equal class priors picks the argmax over dimension 1.
     pub fn class_log_probs(&self, x: Tensor<B, 4>, dequantization: Dequantization) -> Tensor<B, 2> {
@@ -723,6 +744,29 @@ mod tests {
         for (a, b) in back.scales.into_iter().zip(latents.scales) {
             assert_eq!(values(a), values(b));
         }
+    }
+
+    #[test]
+    fn marginal_and_given_bits_per_dim_come_from_one_pass_and_match_each() {
+        let m = model::<Cpu>(&conditional_config(), 11);
+        let x = uniform::<Cpu, 4>([5, 1, 4, 4], 0.0, 16.0, 12).int().float();
+        let labels = Tensor::<Cpu, 1, Int>::from_ints([0, 2, 1, 2, 0], &Default::default());
+        let (marginal, given) =
+            m.bits_per_dim_marginal_and_given(x.clone(), labels.clone(), Dequantization::Centre);
+        let expected_marginal = m.bits_per_dim(x.clone(), Dequantization::Centre);
+        let expected_given = m.bits_per_dim_given(x, labels, Dequantization::Centre);
+        assert_close(
+            &values(marginal),
+            &values(expected_marginal),
+            1e-5,
+            "marginal",
+        );
+        assert_close(
+            &values(given),
+            &values(expected_given),
+            1e-5,
+            "given the label",
+        );
     }
 
     fn conditional_config() -> RealNvpConfig {

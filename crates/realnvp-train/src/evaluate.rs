@@ -19,6 +19,18 @@ pub struct Evaluation {
     pub nll_nats: f64,
     /// Examples evaluated.
     pub examples: usize,
+    /// A class-conditional model on labelled images: mean bits/dim given each image's
+    /// label, `-log p(x | label)`, the measure of its training curve (`bits_per_dim` is
+    /// the marginal `-log p(x)`). `None` otherwise.
+    pub given_label_bits_per_dim: Option<f64>,
+}
+
+impl Evaluation {
+    /// The figure comparable with the training curve: given the label for a
+    /// class-conditional model, else the marginal.
+    pub fn curve_bits_per_dim(&self) -> f64 {
+        self.given_label_bits_per_dim.unwrap_or(self.bits_per_dim)
+    }
 }
 
 /// Which split of a data set.
@@ -44,13 +56,18 @@ pub fn evaluate<B: ConvBackend>(
 ) -> Result<Evaluation, TrainError> {
     B::seed(device, seed);
     let train_split = split == Split::Train;
-    let (dims, (total_bpd, examples)) = match splits {
+    let conditional = matches!(model, Flow::Image(m) if m.classes() > 0);
+    let (dims, (total_bpd, total_given, examples)) = match splits {
         Splits::Images {
             train, test, info, ..
         } => {
             let source: &ImageSource = if train_split { train } else { test };
             let sums = sum_bits_per_dim(model, source, limit, batch_size, |b: ImageArray| {
-                FlowBatch::Images(b.to_tensor(device))
+                let batch = b.to_batch(device);
+                match (conditional, batch.labels) {
+                    (true, Some(labels)) => FlowBatch::LabelledImages(batch.pixels, labels),
+                    _ => FlowBatch::Images(batch.pixels),
+                }
             })?;
             (info.shape.iter().product::<usize>(), sums)
         }
@@ -67,32 +84,40 @@ pub fn evaluate<B: ConvBackend>(
         bits_per_dim,
         nll_nats: bits_per_dim * dims as f64 * std::f64::consts::LN_2,
         examples,
+        given_label_bits_per_dim: total_given.map(|total| total / examples.max(1) as f64),
     })
 }
 
-/// Sum of the bits/dim of the first `limit` examples of `source`, and their number.
+/// Sums of the marginal bits/dim of the first `limit` examples of `source` and, for
+/// labelled batches of a class-conditional model, of their bits/dim given the label (both
+/// from one pass); and their number.
 fn sum_bits_per_dim<B: ConvBackend, S: Fetch>(
     model: &Flow<B>,
     source: &S,
     limit: Option<usize>,
     batch_size: usize,
     to_batch: impl Fn(S::Batch) -> FlowBatch<B>,
-) -> Result<(f64, usize), TrainError> {
+) -> Result<(f64, Option<f64>, usize), TrainError> {
     let source = Limited {
         inner: source,
         limit,
     };
-    let (mut total, mut examples) = (0.0, 0);
+    let sum = |t: burn::tensor::Tensor<B, 1>| t.sum().into_scalar().elem_f64();
+    let (mut total, mut total_given, mut examples) = (0.0, None, 0);
     for batch in eval_batches(&source, batch_size) {
         let batch = to_batch(batch?);
         examples += batch.len();
-        total += model
-            .bits_per_dim(batch, Dequantization::Uniform)
-            .sum()
-            .into_scalar()
-            .elem_f64();
+        match (model, batch) {
+            (Flow::Image(m), FlowBatch::LabelledImages(x, labels)) => {
+                let (marginal, given) =
+                    m.bits_per_dim_marginal_and_given(x, labels, Dequantization::Uniform);
+                total += sum(marginal);
+                *total_given.get_or_insert(0.0) += sum(given);
+            }
+            (_, batch) => total += sum(model.bits_per_dim(batch, Dequantization::Uniform)),
+        }
     }
-    Ok((total, examples))
+    Ok((total, total_given, examples))
 }
 
 /// Accuracy of a class-conditional model's Bayes classifier on a split.

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{write_atomic, TrainState};
 use crate::error::TrainError;
+use crate::evaluate::Evaluation;
 use crate::plot::write_learning_curves;
 use crate::tensorboard::{EventWriter, TENSORBOARD_DIR};
 
@@ -22,6 +23,9 @@ const METRICS: &str = "metrics.jsonl";
 pub const TAG_TRAIN: &str = "bits_per_dim/train";
 /// TensorBoard tag of the held-out bits/dim.
 pub const TAG_TEST: &str = "bits_per_dim/test";
+/// TensorBoard tag of a class-conditional model's held-out marginal bits/dim (its
+/// `bits_per_dim/test` is given the label, like its training curve).
+pub const TAG_TEST_MARGINAL: &str = "bits_per_dim/test_marginal";
 /// TensorBoard tag of the learning rate used.
 pub const TAG_LEARNING_RATE: &str = "learning_rate";
 /// TensorBoard tag of the gradient's global L2 norm before clipping (window mean).
@@ -37,7 +41,12 @@ struct MetricsLine {
     step: u64,
     epoch: u64,
     train_bpd: Option<f64>,
+    /// Held-out bits/dim comparable with `train_bpd`: given the label for a
+    /// class-conditional model.
     test_bpd: Option<f64>,
+    /// A class-conditional model's held-out marginal bits/dim, `-log p(x)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_marginal_bpd: Option<f64>,
     learning_rate: f64,
     /// Global L2 norm of the gradient before clipping, mean over the logging window.
     grad_norm: Option<f64>,
@@ -163,13 +172,17 @@ impl Journal {
 
     /// Writes the line of a logged step (metrics file and TensorBoard): the window's mean
     /// training bits/dim, gradient norm and images/s, the learning rate, and the held-out
-    /// bits/dim when the step evaluated; starts a new window.
+    /// bits/dim when the step evaluated (`test`); starts a new window.
     pub(crate) fn log_step(
         &mut self,
         state: &TrainState,
         learning_rate: f64,
-        test_bpd: Option<f64>,
+        test: Option<&Evaluation>,
     ) -> Result<(), TrainError> {
+        let test_bpd = test.map(Evaluation::curve_bits_per_dim);
+        let test_marginal_bpd = test
+            .filter(|e| e.given_label_bits_per_dim.is_some())
+            .map(|e| e.bits_per_dim);
         let seconds = self.window_start.elapsed().as_secs_f64();
         let rate = self.window_examples as f64 / seconds.max(1e-9);
         let train_bpd = self.window_bpd / self.window_examples.max(1) as f64;
@@ -179,6 +192,7 @@ impl Journal {
             epoch: state.position.epoch,
             train_bpd: Some(train_bpd),
             test_bpd,
+            test_marginal_bpd,
             learning_rate,
             grad_norm: Some(grad_norm),
             images_per_second: rate,
@@ -192,6 +206,7 @@ impl Journal {
             (TAG_IMAGES_PER_SECOND, rate),
         ];
         scalars.extend(test_bpd.map(|b| (TAG_TEST, b)));
+        scalars.extend(test_marginal_bpd.map(|b| (TAG_TEST_MARGINAL, b)));
         self.events.scalars(state.step, &scalars)?;
         self.train_curve.push((state.step, train_bpd));
         if let Some(b) = test_bpd {
@@ -215,21 +230,26 @@ impl Journal {
         &mut self,
         state: &TrainState,
         learning_rate: f64,
-        test_bpd: f64,
+        test: &Evaluation,
         images_per_second: f64,
     ) -> Result<(), TrainError> {
+        let test_bpd = test.curve_bits_per_dim();
+        let test_marginal_bpd = test.given_label_bits_per_dim.map(|_| test.bits_per_dim);
         self.write(&MetricsLine {
             step: state.step,
             epoch: state.position.epoch,
             train_bpd: None,
             test_bpd: Some(test_bpd),
+            test_marginal_bpd,
             learning_rate,
             grad_norm: None,
             images_per_second,
             elapsed_seconds: state.elapsed_seconds,
             skipped_steps: state.skipped_steps,
         })?;
-        self.events.scalars(state.step, &[(TAG_TEST, test_bpd)])?;
+        let mut scalars = vec![(TAG_TEST, test_bpd)];
+        scalars.extend(test_marginal_bpd.map(|b| (TAG_TEST_MARGINAL, b)));
+        self.events.scalars(state.step, &scalars)?;
         self.test_curve.push((state.step, test_bpd));
         self.draw_curves()
     }

@@ -390,8 +390,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         let evaluate_now = self.state.step % t.eval_every == 0;
         let checkpoint_now = evaluate_now || self.checkpoint_due();
         if evaluate_now || self.state.step % t.log_every == 0 {
-            let test_bpd = if evaluate_now {
-                Some(self.evaluate_and_draw(t.eval_examples)?.bits_per_dim)
+            let test = if evaluate_now {
+                Some(self.evaluate_and_draw(t.eval_examples)?)
             } else {
                 None
             };
@@ -399,7 +399,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             if let Some(leader) = self.leader.as_mut() {
                 leader
                     .journal
-                    .log_step(&self.state, step.learning_rate, test_bpd)?;
+                    .log_step(&self.state, step.learning_rate, test.as_ref())?;
             }
         }
         if checkpoint_now {
@@ -506,7 +506,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         if let Some(leader) = self.leader.as_mut() {
             leader
                 .journal
-                .log_end(&self.state, self.learning_rate, test.bits_per_dim, rate)?;
+                .log_end(&self.state, self.learning_rate, &test, rate)?;
         }
         self.checkpoint()?;
         let export = self.options.run_dir.join("export");
@@ -726,8 +726,9 @@ fn evaluate_and_draw<B: ConvBackend>(
         t.seed,
         device,
     )?;
-    if e.bits_per_dim.is_finite() && state.best.is_none_or(|(best, _)| e.bits_per_dim < best) {
-        state.best = Some((e.bits_per_dim, state.step));
+    let bits_per_dim = e.curve_bits_per_dim();
+    if bits_per_dim.is_finite() && state.best.is_none_or(|(best, _)| bits_per_dim < best) {
+        state.best = Some((bits_per_dim, state.step));
     }
     Ok(e)
 }
