@@ -249,7 +249,10 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
     let mut command = Command::new(binary);
     command
         .args(["train", "--config", data.config, "--set"])
-        .arg(format!("data.path=\"{}\"", root.join(data.train).display()).replace("/\"", "\""));
+        .arg(format!(
+            "data.path=\"{}\"",
+            below(&root, data.train).display()
+        ));
     if let Some((key, path)) = data.held_out {
         command
             .arg("--set")
@@ -266,6 +269,14 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("realnvp train failed ({status})"))
+    }
+}
+
+/// `root/relative`, or `root` itself for an empty `relative` (no trailing slash).
+fn below(root: &Path, relative: &str) -> PathBuf {
+    match relative {
+        "" => root.to_path_buf(),
+        _ => root.join(relative),
     }
 }
 
