@@ -231,6 +231,10 @@ enum Command {
         /// Iterations per repetition.
         #[arg(long, default_value_t = 2)]
         iterations: usize,
+        /// Give the s/t networks the paper's skip connections (the PyTorch reference has
+        /// none: compare with it only without them).
+        #[arg(long)]
+        skip_connections: bool,
     },
     /// Run the orchestrator of a multi-node data-parallel run (burn-collective's global
     /// orchestrator) until Ctrl-C. It listens on all interfaces without authentication
@@ -431,12 +435,14 @@ fn run(cli: Cli) -> Result<(), String> {
             warmup,
             repeats,
             iterations,
+            skip_connections,
         } => {
             let settings = realnvp_train::bench::BenchSettings {
                 batch,
                 warmup,
                 repeats,
                 iterations,
+                skip_connections,
             };
             bench_command(&models, settings)
         }

@@ -1,5 +1,5 @@
 //! `ConvBackend` for Burn's autodiff backend: the forward runs on the inner backend and the
-//! backward step calls the inner backend's `conv3x3_backward`.
+//! backward step calls the inner backend's `conv3x3_backward` (or `conv1x1_backward`).
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorMetadata;
@@ -13,17 +13,53 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::{ConvBackend, NormReluBackend};
 
-/// The backward step of `conv3x3` without bias; parents `[x, weight]`.
-#[derive(Debug)]
-struct Conv3x3;
+/// Which of the extension's convolutions a tracked step ran.
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    /// [`ConvBackend::conv3x3`].
+    Three,
+    /// [`ConvBackend::conv1x1`].
+    One,
+}
 
-/// The backward step of `conv3x3` with bias; parents `[x, weight, bias]`.
+impl Window {
+    fn forward<B: ConvBackend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+    ) -> FloatTensor<B> {
+        match self {
+            Window::Three => B::conv3x3(x, weight, bias),
+            Window::One => B::conv1x1(x, weight, bias),
+        }
+    }
+
+    fn backward<B: ConvBackend>(
+        self,
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        output_grad: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        match self {
+            Window::Three => B::conv3x3_backward(x, weight, output_grad),
+            Window::One => B::conv1x1_backward(x, weight, output_grad),
+        }
+    }
+}
+
+/// The backward step of a convolution without bias; parents `[x, weight]`.
 #[derive(Debug)]
-struct Conv3x3Bias;
+struct Conv(Window);
+
+/// The backward step of a convolution with bias; parents `[x, weight, bias]`.
+#[derive(Debug)]
+struct ConvBias(Window);
 
 /// Gradients of `x` and `weight` from the checkpointed inputs, registered for the parents
 /// that need them (none computed when neither does; otherwise both, as one call).
 fn register_input_grads<B: ConvBackend>(
+    window: Window,
     parents: [Option<NodeId>; 2],
     state: (NodeId, NodeId),
     grad: FloatTensor<B>,
@@ -36,7 +72,7 @@ fn register_input_grads<B: ConvBackend>(
     }
     let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.0);
     let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.1);
-    let (x_grad, weight_grad) = B::conv3x3_backward(x, weight, grad);
+    let (x_grad, weight_grad) = window.backward::<B>(x, weight, grad);
     if let Some(id) = node_x {
         grads.register::<B>(id, x_grad);
     }
@@ -45,7 +81,7 @@ fn register_input_grads<B: ConvBackend>(
     }
 }
 
-impl<B: ConvBackend> Backward<B, 2> for Conv3x3 {
+impl<B: ConvBackend> Backward<B, 2> for Conv {
     type State = (NodeId, NodeId);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ckp: &mut Checkpointer) {
@@ -54,11 +90,11 @@ impl<B: ConvBackend> Backward<B, 2> for Conv3x3 {
             .parents
             .each_ref()
             .map(|node| node.as_ref().map(|n| n.id));
-        register_input_grads::<B>([x, weight], ops.state, grad, grads, ckp);
+        register_input_grads::<B>(self.0, [x, weight], ops.state, grad, grads, ckp);
     }
 }
 
-impl<B: ConvBackend> Backward<B, 3> for Conv3x3Bias {
+impl<B: ConvBackend> Backward<B, 3> for ConvBias {
     type State = (NodeId, NodeId);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, ckp: &mut Checkpointer) {
@@ -76,7 +112,52 @@ impl<B: ConvBackend> Backward<B, 3> for Conv3x3Bias {
             let bias_grad = B::float_reshape(B::float_sum_dim(per_pixel, 1), [out].into());
             grads.register::<B>(id, bias_grad);
         }
-        register_input_grads::<B>([x, weight], ops.state, grad, grads, ckp);
+        register_input_grads::<B>(self.0, [x, weight], ops.state, grad, grads, ckp);
+    }
+}
+
+/// `window`'s convolution on the inner backend, tracked so that its backward step calls
+/// the inner backend's backward kernel.
+fn tracked<B: ConvBackend, C: CheckpointStrategy>(
+    window: Window,
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    bias: Option<FloatTensor<Autodiff<B, C>>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match bias {
+        Some(bias) => match ConvBias(window)
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                let output =
+                    window.forward::<B>(x.primitive, weight.primitive, Some(bias.primitive));
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(window.forward::<B>(
+                x.primitive,
+                weight.primitive,
+                Some(bias.primitive),
+            )),
+        },
+        None => match Conv(window)
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                prep.finish(
+                    state,
+                    window.forward::<B>(x.primitive, weight.primitive, None),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(window.forward::<B>(x.primitive, weight.primitive, None))
+            }
+        },
     }
 }
 
@@ -86,37 +167,15 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        match bias {
-            Some(bias) => match Conv3x3Bias
-                .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
-                    let output = B::conv3x3(x.primitive, weight.primitive, Some(bias.primitive));
-                    prep.finish(state, output)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(B::conv3x3(
-                    x.primitive,
-                    weight.primitive,
-                    Some(bias.primitive),
-                )),
-            },
-            None => match Conv3x3
-                .prepare::<C>([x.node.clone(), weight.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
-                    prep.finish(state, B::conv3x3(x.primitive, weight.primitive, None))
-                }
-                OpsKind::UnTracked(prep) => {
-                    prep.finish(B::conv3x3(x.primitive, weight.primitive, None))
-                }
-            },
-        }
+        tracked::<B, C>(Window::Three, x, weight, bias)
+    }
+
+    fn conv1x1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(Window::One, x, weight, bias)
     }
 }
 

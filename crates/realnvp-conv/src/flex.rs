@@ -1,5 +1,6 @@
 //! The 3x3 same-padding convolution on the Flex CPU backend: im2col + GEMM (the `gemm`
 //! crate), forward and backward, for `f32` tensors (other dtypes use Burn's convolution).
+//! The 1x1 convolution is a plain GEMM ([`pointwise`]).
 //!
 //! Per image, with `K = in * 9` and `P = height * width`:
 //! - forward: `y [out, P] = weight [out, K] x col(x) [K, P] (+ bias)`;
@@ -22,6 +23,7 @@ use rayon::prelude::*;
 
 use crate::{on_primitives, ConvBackend};
 
+mod pointwise;
 mod winograd;
 
 impl ConvBackend for Flex {
@@ -68,6 +70,45 @@ impl ConvBackend for Flex {
         (
             tensor(x_grad, [n, c, h, w]),
             tensor(weight_grad, [o, c, 3, 3]),
+        )
+    }
+
+    fn conv1x1(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+        if !all_f32(&[Some(&x), Some(&weight), bias.as_ref()]) {
+            return Self::conv2d(x, weight, bias, crate::pointwise());
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let [o, _, _, _] = weight.shape().dims();
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
+        let bias = bias.as_ref().map(f32s);
+        let y = pointwise::forward(f32s(&x), f32s(&weight), bias, [n, c, h * w], o);
+        tensor(y, [n, o, h, w])
+    }
+
+    fn conv1x1_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        if !all_f32(&[Some(&x), Some(&weight), Some(&output_grad)]) {
+            let options = crate::pointwise();
+            let x_grad = Self::conv2d_x_backward(
+                x.clone(),
+                weight.clone(),
+                output_grad.clone(),
+                options.clone(),
+            );
+            let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, options);
+            return (x_grad, weight_grad);
+        }
+        let [n, c, h, w] = x.shape().dims();
+        let [o, _, _, _] = weight.shape().dims();
+        let (x, weight, grad) = (contiguous(x), contiguous(weight), contiguous(output_grad));
+        let (x_grad, weight_grad) =
+            pointwise::backward(f32s(&x), f32s(&weight), f32s(&grad), [n, c, h * w], o);
+        (
+            tensor(x_grad, [n, c, h, w]),
+            tensor(weight_grad, [o, c, 1, 1]),
         )
     }
 }
@@ -723,6 +764,34 @@ mod tests {
         // Winograd's F(2x2, 3x3) forward and input gradient: odd and even sizes.
         crate::tests::matches_burn_conv::<Flex>([3, 8, 11, 10], 9, true);
         crate::tests::matches_burn_conv::<Flex>([1, 12, 10, 11], 8, false);
+    }
+
+    #[test]
+    fn pointwise_matches_burn_conv_on_flex() {
+        // Several images per thread (one per GEMM), one image (multi-threaded GEMM), small
+        // images side by side in groups (the last one shorter, or a single image), 1-pixel
+        // and 1-channel edge cases, with and without bias.
+        crate::tests::matches_burn_conv_1x1::<Flex>([5, 3, 30, 29], 4, true);
+        crate::tests::matches_burn_conv_1x1::<Flex>([1, 8, 5, 5], 6, true);
+        crate::tests::matches_burn_conv_1x1::<Flex>([40, 7, 8, 8], 5, true);
+        crate::tests::matches_burn_conv_1x1::<Flex>([9, 32, 14, 14], 32, false);
+        crate::tests::matches_burn_conv_1x1::<Flex>([3, 1, 1, 1], 2, true);
+        crate::tests::matches_burn_conv_1x1::<Flex>([2, 2, 9, 1], 1, true);
+    }
+
+    #[test]
+    fn pointwise_reads_non_contiguous_inputs_in_logical_order() {
+        use burn::tensor::{Distribution, Tensor};
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::random([6, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device)
+            .swap_dims(2, 3);
+        let weight =
+            Tensor::<Flex, 4>::random([3, 4, 1, 1], Distribution::Default, &device).swap_dims(0, 1);
+        let ours = crate::conv1x1(x.clone(), weight.clone(), None);
+        let theirs = burn::tensor::module::conv2d(x, weight, None, crate::pointwise());
+        assert_eq!(ours.dims(), [6, 4, 5, 4]);
+        let worst = (ours - theirs).abs().max().into_scalar();
+        assert!(worst < 1e-4, "largest difference {worst}");
     }
 
     #[test]

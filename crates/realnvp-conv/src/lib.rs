@@ -1,14 +1,17 @@
-//! The 3x3, stride-1, same-padding convolution that Real NVP's coupling networks are made
-//! of, as a Burn backend extension.
+//! The convolutions that Real NVP's coupling networks are made of (3x3 stride-1
+//! same-padding, and the 1x1 projections of their skip connections), as a Burn backend
+//! extension.
 //!
-//! [`ConvBackend`] has one forward and one backward operation. Their default bodies are
-//! Burn's own `conv2d` and its backward, so any backend can implement the trait with an
-//! empty `impl` block; the Flex CPU backend (feature `flex`) overrides both with an
-//! im2col + GEMM kernel that runs the backward pass as two more GEMMs instead of Burn's
-//! transposed convolution, and with Winograd's F(2x2, 3x3) where there are at least 8
-//! channels in and out and 100 pixels per image. [`Autodiff`](burn_autodiff::Autodiff) over a `ConvBackend` is a
-//! `ConvBackend` whose backward step calls the inner backend's [`ConvBackend::conv3x3_backward`],
-//! so training uses the fast kernel too. Model code calls [`conv3x3`] and stays generic.
+//! [`ConvBackend`] has a forward and a backward operation per window size. Their default
+//! bodies are Burn's own `conv2d` and its backward, so any backend can implement the trait
+//! with an empty `impl` block; the Flex CPU backend (feature `flex`) overrides them with
+//! im2col + GEMM kernels (a plain GEMM for 1x1) that run the backward pass as two more
+//! GEMMs instead of Burn's transposed convolution, and with Winograd's F(2x2, 3x3) where
+//! there are at least 8 channels in and out and 100 pixels per image.
+//! [`Autodiff`](burn_autodiff::Autodiff) over a `ConvBackend` is a `ConvBackend` whose
+//! backward step calls the inner backend's [`ConvBackend::conv3x3_backward`] (or
+//! [`ConvBackend::conv1x1_backward`]), so training uses the fast kernels too. Model code
+//! calls [`conv3x3`] and [`conv1x1`] and stays generic.
 
 mod autodiff;
 mod backends;
@@ -25,11 +28,17 @@ pub fn same_3x3() -> ConvOptions<2> {
     ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
 }
 
-/// A backend with a 3x3 same-padding convolution, forward and backward, and the other
-/// kernels of the s/t networks ([`NormReluBackend`]).
+/// The options of a 1x1 convolution with stride 1 and no padding.
+pub fn pointwise() -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [0, 0], [1, 1], 1)
+}
+
+/// A backend with 3x3 same-padding and 1x1 convolutions, forward and backward, and the
+/// other kernels of the s/t networks ([`NormReluBackend`]).
 ///
-/// Shapes: input `x` is `[batch, in, height, width]`, `weight` is `[out, in, 3, 3]`, `bias`
-/// is `[out]`, the output and its gradient are `[batch, out, height, width]`.
+/// Shapes: input `x` is `[batch, in, height, width]`, `weight` is `[out, in, 3, 3]` (or
+/// `[out, in, 1, 1]`), `bias` is `[out]`, the output and its gradient are
+/// `[batch, out, height, width]`.
 pub trait ConvBackend: NormReluBackend {
     /// The convolution `y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]` (cross-correlation,
     /// zero padding of one pixel), `[batch, out, height, width]`.
@@ -52,6 +61,29 @@ pub trait ConvBackend: NormReluBackend {
         let x_grad =
             Self::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), same_3x3());
         let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, same_3x3());
+        (x_grad, weight_grad)
+    }
+
+    /// The 1x1 convolution, a linear map of the channels at every pixel:
+    /// `y[n, o, p] = bias[o] + sum_c weight[o, c] * x[n, c, p]`, `[batch, out, height, width]`.
+    fn conv1x1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, bias, pointwise())
+    }
+
+    /// The gradients `(d/dx, d/dweight)` of `sum(output_grad * conv1x1(x, weight))`, shaped
+    /// like `x` and `weight` (the bias gradient is not computed here).
+    fn conv1x1_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let x_grad =
+            Self::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), pointwise());
+        let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, pointwise());
         (x_grad, weight_grad)
     }
 }
@@ -267,27 +299,59 @@ pub fn conv3x3<B: ConvBackend>(
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 4> {
-    let [_, channels, _, _] = x.dims();
-    let [out, channels_w, kh, kw] = weight.dims();
-    assert!(
-        channels_w == channels && kh == 3 && kw == 3,
-        "conv3x3: weight must be [out, {channels}, 3, 3], got {:?}",
-        weight.dims()
-    );
-    if let Some(bias) = &bias {
-        assert_eq!(
-            bias.dims(),
-            [out],
-            "conv3x3: bias must be [{out}], got {:?}",
-            bias.dims()
-        );
-    }
+    check_shapes("conv3x3", 3, &x, &weight, bias.as_ref());
     let output = B::conv3x3(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
         bias.map(|b| b.into_primitive().tensor()),
     );
     Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+/// 1x1 convolution of `x` (`[batch, in, h, w]`) with `weight` (`[out, in, 1, 1]`) and an
+/// optional `bias` (`[out]`): `[batch, out, h, w]`, the same values as
+/// `burn::tensor::module::conv2d` with stride 1 and no padding, on the backend's own kernel.
+///
+/// # Panics
+/// If `weight` is not `[out, in, 1, 1]` with `in` the channels of `x`, or `bias` is not `[out]`.
+pub fn conv1x1<B: ConvBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 4> {
+    check_shapes("conv1x1", 1, &x, &weight, bias.as_ref());
+    let output = B::conv1x1(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+/// Panics with a message naming `op` unless `weight` is `[out, in, window, window]` with
+/// `in` the channels of `x` and `bias` (if any) is `[out]`.
+fn check_shapes<B: Backend>(
+    op: &str,
+    window: usize,
+    x: &Tensor<B, 4>,
+    weight: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 1>>,
+) {
+    let [_, channels, _, _] = x.dims();
+    let [out, channels_w, kh, kw] = weight.dims();
+    assert!(
+        channels_w == channels && kh == window && kw == window,
+        "{op}: weight must be [out, {channels}, {window}, {window}], got {:?}",
+        weight.dims()
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.dims(),
+            [out],
+            "{op}: bias must be [{out}], got {:?}",
+            bias.dims()
+        );
+    }
 }
 
 #[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
@@ -298,6 +362,20 @@ pub(crate) mod tests {
     /// Checks `conv3x3` on `B` against Burn's `conv2d` on the same backend: values and both
     /// gradients (through `Autodiff<B>`), within 1e-4 relative to each tensor's scale.
     pub fn matches_burn_conv<B: ConvBackend>(shape: [usize; 4], out: usize, bias: bool) {
+        matches_burn_conv_window::<B>(3, shape, out, bias);
+    }
+
+    /// [`matches_burn_conv`] for `conv1x1`.
+    pub fn matches_burn_conv_1x1<B: ConvBackend>(shape: [usize; 4], out: usize, bias: bool) {
+        matches_burn_conv_window::<B>(1, shape, out, bias);
+    }
+
+    fn matches_burn_conv_window<B: ConvBackend>(
+        window: usize,
+        shape: [usize; 4],
+        out: usize,
+        bias: bool,
+    ) {
         use burn::tensor::module::conv2d;
         use burn_autodiff::Autodiff;
         type A<B> = Autodiff<B>;
@@ -305,9 +383,12 @@ pub(crate) mod tests {
         let [n, c, h, w] = shape;
         let x = Tensor::<A<B>, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device)
             .require_grad();
-        let weight =
-            Tensor::<A<B>, 4>::random([out, c, 3, 3], Distribution::Normal(0.0, 0.3), &device)
-                .require_grad();
+        let weight = Tensor::<A<B>, 4>::random(
+            [out, c, window, window],
+            Distribution::Normal(0.0, 0.3),
+            &device,
+        )
+        .require_grad();
         let b = bias.then(|| {
             Tensor::<A<B>, 1>::random([out], Distribution::Normal(0.0, 1.0), &device).require_grad()
         });
@@ -315,8 +396,11 @@ pub(crate) mod tests {
         let probe =
             Tensor::<A<B>, 4>::random([n, out, h, w], Distribution::Normal(0.0, 1.0), &device);
 
-        let ours = conv3x3(x.clone(), weight.clone(), b.clone());
-        let theirs = conv2d(x.clone(), weight.clone(), b.clone(), same_3x3());
+        let (ours, options) = match window {
+            3 => (conv3x3(x.clone(), weight.clone(), b.clone()), same_3x3()),
+            _ => (conv1x1(x.clone(), weight.clone(), b.clone()), pointwise()),
+        };
+        let theirs = conv2d(x.clone(), weight.clone(), b.clone(), options);
         assert_close(ours.clone().inner(), theirs.clone().inner(), "output");
 
         let grads_ours = (ours * probe.clone()).sum().backward();
@@ -425,6 +509,8 @@ pub(crate) mod tests {
         use burn_ndarray::NdArray;
         matches_burn_conv::<NdArray>([3, 2, 5, 4], 3, true);
         matches_burn_conv::<NdArray<f64>>([2, 3, 4, 4], 2, false);
+        matches_burn_conv_1x1::<NdArray>([3, 2, 5, 4], 3, true);
+        matches_burn_conv_1x1::<NdArray<f64>>([2, 3, 4, 4], 2, false);
     }
 
     /// The hand-derived backward of the composition (the trait's default body, which a

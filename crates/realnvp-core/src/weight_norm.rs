@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{backend::Backend, module::conv2d, ops::ConvOptions, Tensor};
-use realnvp_conv::{conv3x3, ConvBackend};
+use realnvp_conv::{conv1x1, conv3x3, ConvBackend};
 
 /// A 3x3 (or any odd `k x k`) stride-1 "same" convolution whose weight is
 /// `w = g * v / ||v||`, the norm taken per output channel over `[in, k, k]`.
@@ -50,11 +50,13 @@ impl<B: ConvBackend> WeightNormConv2d<B> {
         v * scale.reshape([out, 1, 1, 1])
     }
 
-    /// `[batch, in, h, w] -> [batch, out, h, w]`. 3x3 windows run on the backend's
-    /// [`conv3x3`] kernel, other sizes on Burn's `conv2d`.
+    /// `[batch, in, h, w] -> [batch, out, h, w]`. 3x3 and 1x1 windows run on the
+    /// backend's [`conv3x3`] and [`conv1x1`] kernels, other sizes on Burn's `conv2d`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if self.kernel == 3 {
-            return conv3x3(x, self.weight(), Some(self.bias.val()));
+        match self.kernel {
+            3 => return conv3x3(x, self.weight(), Some(self.bias.val())),
+            1 => return conv1x1(x, self.weight(), Some(self.bias.val())),
+            _ => {}
         }
         let pad = self.kernel / 2;
         conv2d(

@@ -72,6 +72,9 @@ pub struct BenchSettings {
     pub repeats: usize,
     /// Iterations per repetition.
     pub iterations: usize,
+    /// Give the s/t networks the paper's skip connections (`model.skip_connections`; the
+    /// PyTorch reference has none, so compare with it only without them).
+    pub skip_connections: bool,
 }
 
 /// One benchmark result: a JSON line.
@@ -92,6 +95,8 @@ pub struct BenchResult {
     pub blocks: usize,
     /// Feature maps at the first scale.
     pub features: usize,
+    /// Whether the s/t networks had skip connections.
+    pub skip_connections: bool,
     /// Images per batch.
     pub batch: usize,
     /// Trainable parameters.
@@ -117,7 +122,10 @@ pub fn benchmark<B: AutodiffConvBackend>(
     backend: &str,
     device: &B::Device,
 ) -> BenchResult {
-    let config = model.config();
+    let config = RealNvpConfig {
+        skip_connections: settings.skip_connections,
+        ..model.config()
+    };
     B::seed(device, 0);
     let mut flow: RealNvp<B> = config.init(device).expect("benchmark configs are valid");
     let params = flow.num_params();
@@ -171,6 +179,7 @@ pub fn benchmark<B: AutodiffConvBackend>(
         scales: config.scales,
         blocks: config.res_blocks,
         features: config.features,
+        skip_connections: config.skip_connections,
         batch: settings.batch,
         params,
         train_img_s,
