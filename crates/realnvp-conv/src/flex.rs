@@ -45,15 +45,7 @@ impl ConvBackend for Flex {
         output_grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
         if !all_f32(&[Some(&x), Some(&weight), Some(&output_grad)]) {
-            let options = crate::same_3x3();
-            let x_grad = Self::conv2d_x_backward(
-                x.clone(),
-                weight.clone(),
-                output_grad.clone(),
-                options.clone(),
-            );
-            let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, options);
-            return (x_grad, weight_grad);
+            return crate::burn_conv_backward::<Self>(x, weight, output_grad, crate::same_3x3());
         }
         let [n, c, h, w] = x.shape().dims();
         let [o, _, _, _] = weight.shape().dims();
@@ -91,15 +83,7 @@ impl ConvBackend for Flex {
         output_grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
         if !all_f32(&[Some(&x), Some(&weight), Some(&output_grad)]) {
-            let options = crate::pointwise();
-            let x_grad = Self::conv2d_x_backward(
-                x.clone(),
-                weight.clone(),
-                output_grad.clone(),
-                options.clone(),
-            );
-            let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, options);
-            return (x_grad, weight_grad);
+            return crate::burn_conv_backward::<Self>(x, weight, output_grad, crate::pointwise());
         }
         let [n, c, h, w] = x.shape().dims();
         let [o, _, _, _] = weight.shape().dims();

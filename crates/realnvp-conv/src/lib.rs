@@ -58,10 +58,7 @@ pub trait ConvBackend: NormReluBackend {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let x_grad =
-            Self::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), same_3x3());
-        let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, same_3x3());
-        (x_grad, weight_grad)
+        burn_conv_backward::<Self>(x, weight, output_grad, same_3x3())
     }
 
     /// The 1x1 convolution, a linear map of the channels at every pixel:
@@ -81,11 +78,26 @@ pub trait ConvBackend: NormReluBackend {
         weight: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let x_grad =
-            Self::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), pointwise());
-        let weight_grad = Self::conv2d_weight_backward(x, weight, output_grad, pointwise());
-        (x_grad, weight_grad)
+        burn_conv_backward::<Self>(x, weight, output_grad, pointwise())
     }
+}
+
+/// `(d/dx, d/dweight)` of Burn's own `conv2d` with `options`: the default backward bodies,
+/// and what a backend's own kernel falls back on (Flex for dtypes other than `f32`).
+pub(crate) fn burn_conv_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let x_grad = B::conv2d_x_backward(
+        x.clone(),
+        weight.clone(),
+        output_grad.clone(),
+        options.clone(),
+    );
+    let weight_grad = B::conv2d_weight_backward(x, weight, output_grad, options);
+    (x_grad, weight_grad)
 }
 
 /// A backend with the s/t networks' normalisation followed by ReLU, as fused kernels: batch
