@@ -4,6 +4,9 @@
 //! trains with the paper's configuration from `configs/`; without the data it says what to
 //! download and where to put it. `cargo xtask bench` measures throughput per backend and
 //! architecture, optionally beside the PyTorch reference, and appends JSON lines.
+//! `cargo xtask device-bundle` packs the GPU builds for a machine without Rust.
+
+mod device_bundle;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -27,6 +30,11 @@ enum Job {
     /// and architecture (digits, fashion-mnist, cifar10), optionally beside the PyTorch
     /// reference; appends one JSON line per result (with the git commit) and prints them.
     Bench(BenchArgs),
+    /// Build the CLI for CUDA and for wgpu and the backend-parity test (CUDA and wgpu),
+    /// strip them and copy them with the PyTorch reference and a `run.sh` (parity, bench,
+    /// reference; JSON results and logs into a folder) into `device-bundle/`, ready to be
+    /// carried to a GPU machine that has no Rust toolchain.
+    DeviceBundle(device_bundle::DeviceBundleArgs),
     /// Train on CelebA (configs/celeba.toml).
     TrainCeleba(TrainArgs),
     /// Train on CIFAR-10 (configs/cifar10.toml).
@@ -145,7 +153,9 @@ struct Dataset {
 
 fn dataset(job: &Job) -> Option<(&TrainArgs, Dataset)> {
     Some(match job {
-        Job::CheckBackends | Job::Bench(_) | Job::GetMnist(_) => return None,
+        Job::CheckBackends | Job::Bench(_) | Job::DeviceBundle(_) | Job::GetMnist(_) => {
+            return None
+        }
         Job::TrainCeleba(a) => (a, Dataset {
             config: "configs/celeba.toml",
             default_dir: "data/celeba",
@@ -210,6 +220,7 @@ fn main() -> ExitCode {
     let result = match (&job, dataset(&job)) {
         (Job::Bench(args), _) => bench(args),
         (Job::GetMnist(args), _) => get_mnist(&args.data),
+        (Job::DeviceBundle(args), _) => device_bundle::device_bundle(args),
         (_, None) => check_backends(),
         (_, Some((args, data))) => train(args, &data),
     };

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -212,7 +213,8 @@ enum Command {
     /// Measure training, evaluation and sampling throughput (images/s) and peak memory of
     /// the benchmark architectures on the backend compiled in; one JSON line each.
     Bench {
-        /// Architectures: digits, fashion-mnist, cifar10 (comma-separated).
+        /// Architectures: digits, fashion-mnist, cifar10, imagenet64 (comma-separated;
+        /// imagenet64, the paper's ImageNet 64 model, is for memory figures).
         #[arg(
             long,
             value_delimiter = ',',
@@ -235,6 +237,10 @@ enum Command {
         /// none: compare with it only without them).
         #[arg(long)]
         skip_connections: bool,
+        /// Train with Burn's gradient checkpointing (as `train.gradient_checkpointing`):
+        /// compare peak memory and speed with and without it.
+        #[arg(long)]
+        gradient_checkpointing: bool,
     },
     /// Run the orchestrator of a multi-node data-parallel run (burn-collective's global
     /// orchestrator) until Ctrl-C. It listens on all interfaces without authentication
@@ -349,6 +355,8 @@ fn main() -> ExitCode {
 
 type Inference = backend::Inference;
 type Training = Autodiff<backend::Inference>;
+/// Training with Burn's gradient checkpointing (`train.gradient_checkpointing`).
+type Checkpointed = Autodiff<backend::Inference, BalancedCheckpointing>;
 
 fn run(cli: Cli) -> Result<(), String> {
     backend::select(cli.device)?;
@@ -436,6 +444,7 @@ fn run(cli: Cli) -> Result<(), String> {
             repeats,
             iterations,
             skip_connections,
+            gradient_checkpointing,
         } => {
             let settings = realnvp_train::bench::BenchSettings {
                 batch,
@@ -443,6 +452,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 repeats,
                 iterations,
                 skip_connections,
+                gradient_checkpointing,
             };
             bench_command(&models, settings)
         }
@@ -527,7 +537,13 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
             Some(&index) => backend::device_at(index)?,
             None => backend::device(),
         };
-        let summary = train::<Training>(&config, &options, &device).map_err(|e| e.to_string())?;
+        let summary = if config.train.gradient_checkpointing {
+            eprintln!("gradient checkpointing: on");
+            train::<Checkpointed>(&config, &options, &device)
+        } else {
+            train::<Training>(&config, &options, &device)
+        }
+        .map_err(|e| e.to_string())?;
         print_summary(&summary, &run_dir);
         return Ok(());
     }
@@ -569,8 +585,12 @@ fn data_parallel(
         eprintln!("data-parallel: {} workers on this machine", devices.len());
     }
     let node_rank = nodes.as_ref().map_or(0, |n| n.rank);
-    let outcome =
-        train_parallel::<Training>(config, options, devices, nodes).map_err(|e| e.to_string())?;
+    let outcome = if config.train.gradient_checkpointing {
+        train_parallel::<Checkpointed>(config, options, devices, nodes)
+    } else {
+        train_parallel::<Training>(config, options, devices, nodes)
+    }
+    .map_err(|e| e.to_string())?;
     if let Some(summary) = &outcome.leader {
         print_summary(summary, &options.run_dir);
         print_reduce_share(summary, &outcome.reduce_seconds);
@@ -755,7 +775,12 @@ fn bench_command(
     eprintln!("backend: {}", backend::NAME);
     for model in chosen {
         eprintln!("benchmarking {} ...", model.name());
-        let result = benchmark::<Training>(model, settings, backend::NAME, &backend::device());
+        let device = backend::device();
+        let result = if settings.gradient_checkpointing {
+            benchmark::<Checkpointed>(model, settings, backend::NAME, &device)
+        } else {
+            benchmark::<Training>(model, settings, backend::NAME, &device)
+        };
         println!(
             "{}",
             serde_json::to_string(&result).map_err(|e| e.to_string())?

@@ -1,9 +1,19 @@
 //! `ConvBackend` for Burn's autodiff backend: the forward runs on the inner backend and the
 //! backward step calls the inner backend's `conv3x3_backward` (or `conv1x1_backward`).
+//!
+//! Under a checkpointing strategy (`Autodiff<B, BalancedCheckpointing>`) the convolutions
+//! keep their outputs (compute-bound) while the batch norm + ReLU between them is
+//! recomputed in the backward pass from its input (memory-bound), so an s/t network keeps
+//! one activation per convolution instead of two. Without one (the default) every output
+//! is kept, as before.
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorMetadata;
+use std::marker::PhantomData;
+
 use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::retro_forward::RetroForward;
+use burn_autodiff::checkpoint::state::BackwardStates;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
@@ -193,6 +203,26 @@ type BatchNormState<B> = (
     f64,
 );
 
+/// Recomputes `batch_norm_relu`'s output from its inputs `[x, gamma, beta]` in the backward
+/// pass, when a checkpointing strategy dropped it. The statistics are those of the same
+/// batch, so the recomputed output equals the one of the forward pass.
+#[derive(Debug)]
+struct RecomputeBatchNormRelu<B> {
+    inputs: [NodeId; 3],
+    epsilon: f64,
+    backend: PhantomData<B>,
+}
+
+impl<B: NormReluBackend> RetroForward for RecomputeBatchNormRelu<B> {
+    fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+        let [x, gamma, beta] = self
+            .inputs
+            .map(|id| states.get_state::<FloatTensor<B>>(&id));
+        let (y, _, _) = B::batch_norm_relu(x, gamma, beta, self.epsilon);
+        states.save(out_node, y);
+    }
+}
+
 impl<B: NormReluBackend> Backward<B, 3> for BatchNormRelu {
     type State = BatchNormState<B>;
 
@@ -240,7 +270,17 @@ impl<B: NormReluBackend, C: CheckpointStrategy> NormReluBackend for Autodiff<B, 
             Self::from_inner(var.clone()),
         );
         let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-        let y = match BatchNormRelu.prepare::<C>(nodes).compute_bound().stateful() {
+        let recompute = RecomputeBatchNormRelu::<B> {
+            inputs: [x.node.id, gamma.node.id, beta.node.id],
+            epsilon,
+            backend: PhantomData,
+        };
+        let prepared = BatchNormRelu
+            .prepare::<C>(nodes)
+            .memory_bound()
+            .retro_forward(recompute)
+            .parents([&x, &gamma, &beta]);
+        let y = match prepared.stateful() {
             OpsKind::Tracked(prep) => prep.finish(
                 (
                     x.primitive,

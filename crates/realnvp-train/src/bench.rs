@@ -23,14 +23,18 @@ pub enum BenchModel {
     FashionMnist,
     /// 3x32x32, 2 scales, 8 residual blocks, 64 features (the paper's CIFAR-10 model).
     Cifar10,
+    /// 3x64x64, 5 scales, 2 residual blocks, 32 features, skip connections (the paper's
+    /// ImageNet 64 model, `configs/imagenet64.toml`): for memory, not in the defaults.
+    Imagenet64,
 }
 
 impl BenchModel {
     /// Every benchmarked architecture.
-    pub const ALL: [BenchModel; 3] = [
+    pub const ALL: [BenchModel; 4] = [
         BenchModel::Digits,
         BenchModel::FashionMnist,
         BenchModel::Cifar10,
+        BenchModel::Imagenet64,
     ];
 
     /// Name in reports and on the command line.
@@ -39,23 +43,26 @@ impl BenchModel {
             BenchModel::Digits => "digits",
             BenchModel::FashionMnist => "fashion-mnist",
             BenchModel::Cifar10 => "cifar10",
+            BenchModel::Imagenet64 => "imagenet64",
         }
     }
 
     /// The model configuration (256 levels, flow-path batch norm).
     pub fn config(self) -> RealNvpConfig {
-        let (channels, side, res_blocks, features) = match self {
-            BenchModel::Digits => (1, 8, 2, 16),
-            BenchModel::FashionMnist => (1, 28, 4, 32),
-            BenchModel::Cifar10 => (3, 32, 8, 64),
+        let (channels, side, scales, res_blocks, features) = match self {
+            BenchModel::Digits => (1, 8, 2, 2, 16),
+            BenchModel::FashionMnist => (1, 28, 2, 4, 32),
+            BenchModel::Cifar10 => (3, 32, 2, 8, 64),
+            BenchModel::Imagenet64 => (3, 64, 5, 2, 32),
         };
         RealNvpConfig {
             channels,
             height: side,
             width: side,
-            scales: 2,
+            scales,
             res_blocks,
             features,
+            skip_connections: self == BenchModel::Imagenet64,
             ..Default::default()
         }
     }
@@ -75,6 +82,9 @@ pub struct BenchSettings {
     /// Give the s/t networks the paper's skip connections (`model.skip_connections`; the
     /// PyTorch reference has none, so compare with it only without them).
     pub skip_connections: bool,
+    /// Recorded in the result: the caller runs [`benchmark`] on a checkpointing autodiff
+    /// backend (`Autodiff<_, BalancedCheckpointing>`, as `train.gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
 }
 
 /// One benchmark result: a JSON line.
@@ -97,6 +107,8 @@ pub struct BenchResult {
     pub features: usize,
     /// Whether the s/t networks had skip connections.
     pub skip_connections: bool,
+    /// Whether training ran with gradient checkpointing.
+    pub gradient_checkpointing: bool,
     /// Images per batch.
     pub batch: usize,
     /// Trainable parameters.
@@ -122,9 +134,10 @@ pub fn benchmark<B: AutodiffConvBackend>(
     backend: &str,
     device: &B::Device,
 ) -> BenchResult {
+    let base = model.config();
     let config = RealNvpConfig {
-        skip_connections: settings.skip_connections,
-        ..model.config()
+        skip_connections: settings.skip_connections || base.skip_connections,
+        ..base
     };
     B::seed(device, 0);
     let mut flow: RealNvp<B> = config.init(device).expect("benchmark configs are valid");
@@ -180,6 +193,7 @@ pub fn benchmark<B: AutodiffConvBackend>(
         blocks: config.res_blocks,
         features: config.features,
         skip_connections: config.skip_connections,
+        gradient_checkpointing: settings.gradient_checkpointing,
         batch: settings.batch,
         params,
         train_img_s,

@@ -270,6 +270,11 @@ pub struct TrainSettings {
     /// Decay of an exponential moving average of the weights used for evaluation,
     /// sampling and the export (e.g. 0.999); none when absent.
     pub ema_decay: Option<f64>,
+    /// Train with Burn's gradient checkpointing (`Autodiff<B, BalancedCheckpointing>`):
+    /// the s/t networks' batch norm + ReLU outputs and Burn's memory-bound element-wise
+    /// results are recomputed in the backward pass instead of kept, for less activation
+    /// memory on large images at some speed; the gradients are the same.
+    pub gradient_checkpointing: bool,
     /// Stop after this many steps.
     pub max_steps: Option<u64>,
     /// Stop after this many epochs.
@@ -317,6 +322,7 @@ impl Default for TrainSettings {
             min_learning_rate: 0.0,
             grad_clip_norm: None,
             ema_decay: None,
+            gradient_checkpointing: false,
             max_steps: None,
             max_epochs: None,
             max_minutes: None,
