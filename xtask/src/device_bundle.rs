@@ -1,12 +1,14 @@
 //! `cargo xtask device-bundle`: everything the GPU plan (`../shared/GPU.md`, items 1 and 2)
 //! needs on a GPU machine that has no Rust toolchain, in one folder.
 //!
-//! The bundle holds the `realnvp` CLI built for CUDA and for wgpu, the backend-parity test
-//! built with both (CUDA and wgpu against Flex), all stripped, the PyTorch reference
-//! script when it is given, and `run.sh`, which runs the parity test, `realnvp bench` on
-//! both GPU backends and the reference on the same shapes, writing JSON lines and logs
-//! into a results folder. CUDA's libraries are loaded at run time (burn-cuda's cudarc),
-//! so the binaries need nothing else from the build machine.
+//! The bundle holds the `realnvp` CLI built for CUDA and for wgpu and the backend-parity
+//! test built with both (CUDA and wgpu against Flex), stripped and gzipped (together they
+//! would not fit the 64 MiB the device tool carries otherwise), the PyTorch reference
+//! script when it is given, and `run.sh`, which unpacks the binaries into a temporary
+//! folder, runs the parity test, `realnvp bench` on both GPU backends and the reference on
+//! the same shapes, and writes JSON lines and logs into a results folder. CUDA's libraries
+//! are loaded at run time (burn-cuda's cudarc), so the binaries need nothing else from the
+//! build machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,8 +28,9 @@ pub struct DeviceBundleArgs {
     /// bundle goes without it, saying so, when the file is absent.
     #[arg(long, default_value = "../shared/bench/torch_realnvp.py")]
     torch_script: PathBuf,
-    /// The largest bundle allowed, in MiB (the device tool carries 64 MiB in all).
-    #[arg(long, default_value_t = 64)]
+    /// The largest bundle allowed, in MiB (the device tool carries 64 MiB in all, the
+    /// working tree of about 2 MiB included).
+    #[arg(long, default_value_t = 60)]
     max_mib: u64,
 }
 
@@ -43,9 +46,9 @@ pub fn device_bundle(args: &DeviceBundleArgs) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     for backend in [Backend::Cuda, Backend::Wgpu] {
         let name = format!("realnvp-{}", backend.feature());
-        copy_stripped(build_cli(backend)?, &out.join(name))?;
+        pack(build_cli(backend)?, out, &name)?;
     }
-    copy_stripped(&build_parity_test()?, &out.join("backend_parity"))?;
+    pack(&build_parity_test()?, out, "backend_parity")?;
     let torch = copy_torch_script(&args.torch_script, out)?;
     write_file(&out.join("run.sh"), &run_script(torch), true)?;
     write_file(&out.join("README.txt"), README, false)?;
@@ -83,21 +86,43 @@ fn test_executable(messages: &str, name: &str) -> Option<PathBuf> {
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
-/// Copies `from` to `to` without its symbols (binutils' `strip`).
-fn copy_stripped(from: &Path, to: &Path) -> Result<(), String> {
-    let status = Command::new("strip")
-        .arg("--strip-all")
-        .arg("-o")
-        .arg(to)
-        .arg(from)
-        .status()
-        .map_err(|e| format!("cannot run strip (install binutils): {e}"))?;
-    if !status.success() {
-        return Err(format!("strip {} failed ({status})", from.display()));
-    }
-    let mib = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0) as f64 / MIB;
-    eprintln!("xtask: {} ({mib:.1} MiB)", to.display());
+/// Writes `from` into `out` as `name.gz`, without its symbols (binutils' `strip`, then
+/// `gzip`; `run.sh` unpacks it).
+fn pack(from: &Path, out: &Path, name: &str) -> Result<(), String> {
+    let stripped = out.join(name);
+    run_tool(
+        Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(from),
+        "strip (install binutils)",
+    )?;
+    let mib = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / MIB;
+    let stripped_mib = mib(&stripped);
+    run_tool(
+        Command::new("gzip").args(["-9", "-n", "-f"]).arg(&stripped),
+        "gzip",
+    )?;
+    let packed = out.join(format!("{name}.gz"));
+    eprintln!(
+        "xtask: {} ({stripped_mib:.1} MiB stripped, {:.1} MiB packed)",
+        packed.display(),
+        mib(&packed)
+    );
     Ok(())
+}
+
+/// Runs `command`, failing with `what` when it cannot start or fails.
+fn run_tool(command: &mut Command, what: &str) -> Result<(), String> {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
 }
 
 /// Copies the PyTorch reference into the bundle; whether it was there.
@@ -155,7 +180,7 @@ fn run_script(torch: bool) -> String {
     let mut script = String::from(RUN_HEAD);
     for backend in ["cuda", "wgpu"] {
         script.push_str(&format!(
-            "measure bench-{backend} \"$here/realnvp-{backend}\" bench --models {}\n",
+            "measure bench-{backend} \"$bin/realnvp-{backend}\" bench --models {}\n",
             MODELS.join(",")
         ));
     }
@@ -187,6 +212,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: run.sh RESULTS_DIR [PYTHON]}"
 python="${2:-python3}"
 mkdir -p "$out"
+# The binaries travel gzipped; unpack them where they can be executed.
+bin="$(mktemp -d "${TMPDIR:-/tmp}/realnvp-bundle.XXXXXX")"
+trap 'rm -rf "$bin"' EXIT
+for packed in "$here"/*.gz; do
+    name="$(basename "$packed" .gz)"
+    gzip -dc "$packed" > "$bin/$name" && chmod +x "$bin/$name"
+done
 nvidia-smi > "$out/gpu.txt" 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$out/gpu.txt" 2>&1
 failed=0
@@ -210,7 +242,7 @@ measure() {
 
 # The wgpu half of the parity test must run (on the GPU's Vulkan driver), not skip.
 export REALNVP_REQUIRE_WGPU=1
-measure parity "$here/backend_parity" --nocapture --test-threads 1
+measure parity "$bin/backend_parity" --nocapture --test-threads 1
 "#;
 
 const RUN_TAIL: &str = r#"cat "$out"/*.jsonl 2>/dev/null
@@ -220,10 +252,11 @@ exit "$failed"
 const README: &str = "\
 realnvp-rs device bundle (cargo xtask device-bundle)
 
-  realnvp-cuda, realnvp-wgpu   the realnvp CLI built with one GPU backend each
-  backend_parity               Flex against CUDA and wgpu: likelihoods, inverses, gradients
-  torch_realnvp.py             the PyTorch reference (when bundled)
-  run.sh RESULTS_DIR [PYTHON]  runs all of them, results and logs into RESULTS_DIR
+  realnvp-cuda.gz, realnvp-wgpu.gz   the realnvp CLI built with one GPU backend each
+  backend_parity.gz                  Flex against CUDA and wgpu: likelihoods, inverses,
+                                     gradients (stripped and gzipped: gzip -dc to unpack)
+  torch_realnvp.py                   the PyTorch reference (when bundled)
+  run.sh RESULTS_DIR [PYTHON]        runs all of them, results and logs into RESULTS_DIR
 
 CUDA's libraries are loaded at run time; wgpu needs the Vulkan loader (libvulkan1) and the
 NVIDIA driver's Vulkan ICD. Training on real data: realnvp-cuda train --config ... as on
@@ -250,8 +283,12 @@ mod tests {
     fn run_script_measures_every_model_on_both_backends_and_pytorch() {
         let script = run_script(true);
         assert!(script.contains("measure parity"));
-        assert!(script.contains("realnvp-cuda\" bench --models digits,fashion-mnist,cifar10"));
-        assert!(script.contains("realnvp-wgpu\" bench --models digits,fashion-mnist,cifar10"));
+        assert!(
+            script.contains("\"$bin/realnvp-cuda\" bench --models digits,fashion-mnist,cifar10")
+        );
+        assert!(
+            script.contains("\"$bin/realnvp-wgpu\" bench --models digits,fashion-mnist,cifar10")
+        );
         assert!(script.contains("--channels 3 --size 32 --scales 2 --blocks 8 --features 64"));
         assert!(!run_script(false).contains("torch_realnvp.py\" speed"));
     }
