@@ -174,13 +174,22 @@ fn check_size(out: &Path, max_mib: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// `run.sh`: the parity test, `realnvp bench` on CUDA and wgpu, and (when bundled) the
-/// PyTorch reference on the same shapes, with peak GPU memory from `nvidia-smi`.
+/// `run.sh`: the parity test, `realnvp bench` on CUDA and wgpu (and on CUDA again with
+/// bf16 and f16 convolutions), and (when bundled) the PyTorch reference on the same
+/// shapes, with peak GPU memory from `nvidia-smi`.
 fn run_script(torch: bool) -> String {
     let mut script = String::from(RUN_HEAD);
     for backend in ["cuda", "wgpu"] {
         script.push_str(&format!(
             "measure bench-{backend} \"$bin/realnvp-{backend}\" bench --models {}\n",
+            MODELS.join(",")
+        ));
+    }
+    // The s/t convolutions in half precision on the tensor cores (`train.conv_precision`).
+    for precision in ["bf16", "f16"] {
+        script.push_str(&format!(
+            "measure bench-cuda-{precision} \"$bin/realnvp-cuda\" bench --models {} \
+             --conv-precision {precision}\n",
             MODELS.join(",")
         ));
     }
@@ -288,6 +297,7 @@ mod tests {
         );
         assert!(
             script.contains("\"$bin/realnvp-wgpu\" bench --models digits,fashion-mnist,cifar10")
+                && script.contains("--conv-precision bf16")
         );
         assert!(script.contains("--channels 3 --size 32 --scales 2 --blocks 8 --features 64"));
         assert!(!run_script(false).contains("torch_realnvp.py\" speed"));

@@ -9,7 +9,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::Autodiff;
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
-use realnvp_core::{Dequantization, Flow, FlowBatch, FlowConfig, RealNvpConfig};
+use realnvp_core::{ConvPrecision, Dequantization, Flow, FlowBatch, FlowConfig, RealNvpConfig};
 use realnvp_train::data::Splits;
 use realnvp_train::{
     evaluate, load_run_model, run_config, train, train_parallel, write_samples, NodeSpec,
@@ -50,6 +50,13 @@ enum Command {
         /// Which split.
         #[arg(long, value_enum, default_value_t = SplitArg::Test)]
         split: SplitArg,
+        /// Only the first N examples of the split.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// The float type of the s/t networks' convolutions: f32, bf16 or f16 (the
+        /// flow's arithmetic stays f32), to see what reduced precision costs.
+        #[arg(long, default_value_t = ConvPrecision::F32, value_name = "TYPE")]
+        conv_precision: ConvPrecision,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -241,6 +248,10 @@ enum Command {
         /// compare peak memory and speed with and without it.
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// The float type of the s/t networks' convolutions (as `train.conv_precision`):
+        /// f32, bf16 or f16.
+        #[arg(long, default_value_t = ConvPrecision::F32, value_name = "TYPE")]
+        conv_precision: ConvPrecision,
     },
     /// Run the orchestrator of a multi-node data-parallel run (burn-collective's global
     /// orchestrator) until Ctrl-C. It listens on all interfaces without authentication
@@ -362,7 +373,13 @@ fn run(cli: Cli) -> Result<(), String> {
     backend::select(cli.device)?;
     match cli.command {
         Command::Train(args) => train_command(args, cli.device),
-        Command::Eval { run, split, json } => eval_command(&run, split, json),
+        Command::Eval {
+            run,
+            split,
+            limit,
+            conv_precision,
+            json,
+        } => eval_command(&run, split, limit, conv_precision, json),
         Command::Sample {
             run,
             n,
@@ -445,6 +462,7 @@ fn run(cli: Cli) -> Result<(), String> {
             iterations,
             skip_connections,
             gradient_checkpointing,
+            conv_precision,
         } => {
             let settings = realnvp_train::bench::BenchSettings {
                 batch,
@@ -453,6 +471,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 iterations,
                 skip_connections,
                 gradient_checkpointing,
+                conv_precision,
             };
             bench_command(&models, settings)
         }
@@ -518,6 +537,12 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
 
     eprintln!("backend: {}", backend::NAME);
     eprintln!("run directory: {}", run_dir.display());
+    if config.train.conv_precision != ConvPrecision::F32 {
+        eprintln!(
+            "s/t convolutions in {} (train.conv_precision); the flow's arithmetic in f32",
+            config.train.conv_precision
+        );
+    }
     let options = TrainOptions {
         run_dir: run_dir.clone(),
         resume: args.resume,
@@ -656,10 +681,19 @@ fn print_reduce_share(summary: &TrainSummary, reduce_seconds: &[f64]) {
     );
 }
 
-fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
+fn eval_command(
+    run: &Path,
+    split: SplitArg,
+    limit: Option<usize>,
+    precision: ConvPrecision,
+    json: bool,
+) -> Result<(), String> {
     let config = run_config(run).map_err(|e| e.to_string())?;
     let device = backend::device();
     let (model, _) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
+    let model = model
+        .with_conv_precision(precision, &device)
+        .map_err(|e| format!("--conv-precision: {e}"))?;
     let splits = Splits::load(&config.data, config.train.seed).map_err(|e| e.to_string())?;
     let split = split.into();
     let result = evaluate(
@@ -667,7 +701,7 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
         &splits,
         split,
         config.train.eval_batch_size,
-        None,
+        limit,
         config.train.seed,
         &device,
     )
@@ -679,6 +713,9 @@ fn eval_command(run: &Path, split: SplitArg, json: bool) -> Result<(), String> {
         );
     } else {
         eprintln!("backend: {}", backend::NAME);
+        if precision != ConvPrecision::F32 {
+            eprintln!("s/t convolutions in {precision}");
+        }
         println!(
             "{:.4} bits/dim, {:.2} nats per example, {} examples",
             result.bits_per_dim, result.nll_nats, result.examples
@@ -773,9 +810,13 @@ fn bench_command(
         })
         .collect::<Result<Vec<_>, _>>()?;
     eprintln!("backend: {}", backend::NAME);
+    let device = backend::device();
+    settings
+        .conv_precision
+        .check::<Inference>(&device)
+        .map_err(|e| format!("--conv-precision: {e}"))?;
     for model in chosen {
         eprintln!("benchmarking {} ...", model.name());
-        let device = backend::device();
         let result = if settings.gradient_checkpointing {
             benchmark::<Checkpointed>(model, settings, backend::NAME, &device)
         } else {

@@ -247,6 +247,20 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             ],
             "height",
         ),
+        (
+            vec![
+                "train".into(),
+                "--config".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/moons.toml").into(),
+                "--out".into(),
+                dir.path().join("v").display().to_string(),
+                "--set".into(),
+                "train.conv_precision=bf16".into(),
+                "--steps".into(),
+                "0".into(),
+            ],
+            "vector model",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -271,6 +285,58 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("no intact checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `train.conv_precision` trains with the s/t convolutions in bf16, and `eval
+/// --conv-precision` scores one model with each precision: half precision moves bits/dim,
+/// but by less than 0.01.
+#[test]
+fn half_precision_convolutions_train_and_evaluate_close_to_f32() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = train(
+        &run,
+        &["--steps", "20", "--set", "train.conv_precision=bf16"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("s/t convolutions in bf16"),
+        "{}",
+        stderr(&out)
+    );
+    let run_arg = run.to_str().expect("utf-8");
+    let bits_per_dim = |precision: &str| {
+        let out = realnvp(&[
+            "eval",
+            "--run",
+            run_arg,
+            "--limit",
+            "100",
+            "--conv-precision",
+            precision,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{precision}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(json["examples"], 100, "{precision}");
+        json["bits_per_dim"].as_f64().expect("number")
+    };
+    let exact = bits_per_dim("f32");
+    assert!(exact.is_finite() && exact > 0.0, "f32: {exact}");
+    for precision in ["bf16", "f16"] {
+        let bpd = bits_per_dim(precision);
+        assert!(
+            bpd != exact && (bpd - exact).abs() < 0.01,
+            "{precision}: {bpd} against f32's {exact}"
+        );
+    }
+    let out = realnvp(&["eval", "--run", run_arg, "--conv-precision", "fp16"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("fp16") && stderr(&out).contains("bf16"),
         "{}",
         stderr(&out)
     );

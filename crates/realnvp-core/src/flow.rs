@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::model::{RealNvp, RealNvpConfig};
+use crate::precision::ConvPrecision;
 use crate::preprocess::Dequantization;
 use crate::vector::{VectorRealNvp, VectorRealNvpConfig};
 use realnvp_conv::ConvBackend;
@@ -107,6 +108,26 @@ impl<B: ConvBackend> Flow<B> {
                 "a batch of the other kind was given to a {} model",
                 self.kind()
             ),
+        }
+    }
+
+    /// This model with its s/t convolutions computed in `precision`, after checking that
+    /// the backend computes in that type on `device`. Vector models have no convolutions:
+    /// they accept `f32` only.
+    pub fn with_conv_precision(
+        self,
+        precision: ConvPrecision,
+        device: &B::Device,
+    ) -> Result<Self, ConfigError> {
+        precision.check::<B>(device)?;
+        match self {
+            Flow::Image(m) => Ok(Flow::Image(m.with_conv_precision(precision))),
+            Flow::Vector(_) if precision != ConvPrecision::F32 => Err(ConfigError::invalid(
+                "conv_precision",
+                precision,
+                "f32 for a vector model: its couplings are MLPs, without convolutions",
+            )),
+            vector => Ok(vector),
         }
     }
 

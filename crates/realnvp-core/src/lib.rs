@@ -6,7 +6,7 @@
 //! The modules follow section 3 of the paper:
 //! [`preprocess`] (dequantisation, logit, bits/dim), [`mask`] (checkerboard and channel-wise
 //! partitions), [`coupling`] (the affine coupling layer), [`resnet`] (its s/t network, with
-//! [`weight_norm`]), [`squeeze`], [`batchnorm`] (flow-path batch norm with running
+//! [`weight_norm`] and the convolutions' [`precision`]), [`squeeze`], [`batchnorm`] (flow-path batch norm with running
 //! averages), [`multiscale`] (scales and factor-out), [`prior`], [`model`] (the whole image
 //! flow) and [`vector`] (MLP couplings for 2-D and tabular data). Every layer implements
 //! [`Bijector`]: `forward(x) -> (y, log|det J|)` and an exact `inverse`.
@@ -40,6 +40,7 @@ pub mod latent_space;
 pub mod mask;
 pub mod model;
 pub mod multiscale;
+pub mod precision;
 pub mod preprocess;
 pub mod prior;
 pub mod resnet;
@@ -55,6 +56,7 @@ pub use bijector::Bijector;
 pub use error::ConfigError;
 pub use flow::{export_model, load_model, ExportError, Flow, FlowBatch, FlowConfig};
 pub use model::{Latents, RealNvp, RealNvpConfig};
+pub use precision::ConvPrecision;
 pub use preprocess::{Dequantization, Preprocess, PreprocessConfig};
 /// The backends a Real NVP model runs on: any Burn backend with the 3x3 convolution of
 /// [`realnvp_conv`] (Flex, NdArray, wgpu, CUDA and `Autodiff` over any of them).

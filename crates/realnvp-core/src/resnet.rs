@@ -10,6 +10,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::channel_norm::ChannelNorm;
 use crate::coupling::CouplingNet;
+use crate::precision::ConvPrecision;
 use crate::weight_norm::WeightNormConv2d;
 use realnvp_conv::{conv3x3, ConvBackend};
 
@@ -33,10 +34,13 @@ impl<B: ConvBackend> ResidualBlock<B> {
         }
     }
 
-    /// `[batch, features, h, w] -> [batch, features, h, w]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(self.norm1.forward_relu(x.clone()));
-        let h = self.conv2.forward(self.norm2.forward_relu(h));
+    /// `[batch, features, h, w] -> [batch, features, h, w]`, the convolutions computed in
+    /// `precision`.
+    pub fn forward(&self, x: Tensor<B, 4>, precision: ConvPrecision) -> Tensor<B, 4> {
+        let h = self
+            .conv1
+            .forward_in(self.norm1.forward_relu(x.clone()), precision);
+        let h = self.conv2.forward_in(self.norm2.forward_relu(h), precision);
         x + h
     }
 }
@@ -59,6 +63,10 @@ pub struct ResNet<B: Backend> {
     skips: Vec<WeightNormConv2d<B>>,
     norm: ChannelNorm<B>,
     output: Conv2d<B>,
+    /// The float type the convolutions compute in (`f32` unless changed with
+    /// [`Self::set_conv_precision`]); not saved with the weights.
+    #[module(skip)]
+    precision: ConvPrecision,
 }
 
 impl<B: ConvBackend> ResNet<B> {
@@ -90,25 +98,36 @@ impl<B: ConvBackend> ResNet<B> {
             },
             norm: ChannelNorm::new(features, device),
             output,
+            precision: ConvPrecision::F32,
         }
+    }
+
+    /// Computes this network's convolutions in `precision` from now on.
+    pub fn set_conv_precision(&mut self, precision: ConvPrecision) {
+        self.precision = precision;
     }
 }
 
 impl<B: ConvBackend> CouplingNet<B, 4> for ResNet<B> {
     fn forward(&self, input: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let mut h = self.input.forward(input);
-        let mut skip = self.skips.first().map(|project| project.forward(h.clone()));
+        let precision = self.precision;
+        let mut h = self.input.forward_in(input, precision);
+        let mut skip = self
+            .skips
+            .first()
+            .map(|project| project.forward_in(h.clone(), precision));
         for (i, block) in self.blocks.iter().enumerate() {
-            h = block.forward(h);
+            h = block.forward(h, precision);
             if let (Some(sum), Some(project)) = (skip.take(), self.skips.get(i + 1)) {
-                skip = Some(sum + project.forward(h.clone()));
+                skip = Some(sum + project.forward_in(h.clone(), precision));
             }
         }
         let h = skip.unwrap_or(h);
-        let out = conv3x3(
+        let out = precision.apply(
             self.norm.forward_relu(h),
             self.output.weight.val(),
             self.output.bias.as_ref().map(|bias| bias.val()),
+            conv3x3,
         );
         let changed = out.dims()[1] / 2;
         (
@@ -136,7 +155,7 @@ mod tests {
         let mut h = net.input.forward(x);
         let mut sum = net.skips[0].forward(h.clone());
         for (block, project) in net.blocks.iter().zip(&net.skips[1..]) {
-            h = block.forward(h);
+            h = block.forward(h, ConvPrecision::F32);
             sum = sum + project.forward(h.clone());
         }
         let out = burn::tensor::module::conv2d(

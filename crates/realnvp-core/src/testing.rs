@@ -3,8 +3,10 @@
 //! Public with the `testing` feature so that the workspace's cross-backend tests share
 //! them; not part of the library's API.
 
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
 #[cfg(test)]
 pub use backends::*;
@@ -24,7 +26,7 @@ mod backends {
 
 /// Moves every float parameter away from its initial value by `N(0, std^2)` noise (running
 /// variances are multiplied by `exp(noise)` so that they stay positive), so that no layer is
-/// the identity and tests exercise the real math.
+/// the identity and tests exercise the real math. Tracked parameters stay tracked.
 pub fn perturb<B: Backend, M: Module<B>>(module: M, std: f64, seed: u64) -> M {
     B::seed(&Default::default(), seed);
     let mut mapper = Perturb {
@@ -53,13 +55,42 @@ impl<B: Backend> ModuleMapper<B> for Perturb {
         let is_variance = self.path.last().is_some_and(|name| name == "running_var");
         param.map(|t| {
             let noise = t.random_like(Distribution::Normal(0.0, std));
-            if is_variance {
+            // On an autodiff backend the sum would be an operation's output, not a leaf
+            // with gradients of its own: make it a leaf again, tracked as before.
+            let tracked = t.is_require_grad();
+            let moved = if is_variance {
                 t * noise.exp()
             } else {
                 t + noise
-            }
+            };
+            moved.detach().set_require_grad(tracked)
         })
     }
+}
+
+/// The gradient of every float parameter of `module` that has one in `grads`, flattened,
+/// in the order the module visits its parameters.
+pub fn parameter_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Vec<Vec<f64>> {
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        found: Vec<Vec<f64>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.found.push(values(grad));
+            }
+        }
+    }
+    let mut collect = Collect {
+        grads,
+        found: Vec::new(),
+    };
+    module.visit(&mut collect);
+    collect.found
 }
 
 /// Uniform random tensor in `[low, high)`.

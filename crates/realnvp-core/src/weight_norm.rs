@@ -5,6 +5,8 @@ use burn::nn::Initializer;
 use burn::tensor::{backend::Backend, module::conv2d, ops::ConvOptions, Tensor};
 use realnvp_conv::{conv1x1, conv3x3, ConvBackend};
 
+use crate::precision::ConvPrecision;
+
 /// A 3x3 (or any odd `k x k`) stride-1 "same" convolution whose weight is
 /// `w = g * v / ||v||`, the norm taken per output channel over `[in, k, k]`.
 #[derive(Module, Debug)]
@@ -53,18 +55,25 @@ impl<B: ConvBackend> WeightNormConv2d<B> {
     /// `[batch, in, h, w] -> [batch, out, h, w]`. 3x3 and 1x1 windows run on the
     /// backend's [`conv3x3`] and [`conv1x1`] kernels, other sizes on Burn's `conv2d`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self.kernel {
-            3 => return conv3x3(x, self.weight(), Some(self.bias.val())),
-            1 => return conv1x1(x, self.weight(), Some(self.bias.val())),
-            _ => {}
-        }
+        self.forward_in(x, ConvPrecision::F32)
+    }
+
+    /// [`Self::forward`] with the convolution computed in `precision` (the weight is
+    /// normalised in `f32` first); the output has `x`'s float type.
+    pub fn forward_in(&self, x: Tensor<B, 4>, precision: ConvPrecision) -> Tensor<B, 4> {
         let pad = self.kernel / 2;
-        conv2d(
-            x,
-            self.weight(),
-            Some(self.bias.val()),
-            ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
-        )
+        let conv =
+            |x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>| match self.kernel {
+                3 => conv3x3(x, weight, bias),
+                1 => conv1x1(x, weight, bias),
+                _ => conv2d(
+                    x,
+                    weight,
+                    bias,
+                    ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
+                ),
+            };
+        precision.apply(x, self.weight(), Some(self.bias.val()), conv)
     }
 
     fn norm(v: Tensor<B, 4>) -> Tensor<B, 1> {

@@ -10,7 +10,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use realnvp_core::{
-    AutodiffConvBackend, Dequantization, RealNvp, RealNvpConfig, PAPER_SCALE_PENALTY,
+    AutodiffConvBackend, ConvPrecision, Dequantization, RealNvp, RealNvpConfig, PAPER_SCALE_PENALTY,
 };
 use serde::Serialize;
 
@@ -85,6 +85,9 @@ pub struct BenchSettings {
     /// Recorded in the result: the caller runs [`benchmark`] on a checkpointing autodiff
     /// backend (`Autodiff<_, BalancedCheckpointing>`, as `train.gradient_checkpointing`).
     pub gradient_checkpointing: bool,
+    /// The float type of the s/t networks' convolutions (`train.conv_precision`); the
+    /// caller checks that the backend supports it.
+    pub conv_precision: ConvPrecision,
 }
 
 /// One benchmark result: a JSON line.
@@ -109,6 +112,8 @@ pub struct BenchResult {
     pub skip_connections: bool,
     /// Whether training ran with gradient checkpointing.
     pub gradient_checkpointing: bool,
+    /// The float type of the s/t networks' convolutions.
+    pub conv_precision: ConvPrecision,
     /// Images per batch.
     pub batch: usize,
     /// Trainable parameters.
@@ -140,7 +145,10 @@ pub fn benchmark<B: AutodiffConvBackend>(
         ..base
     };
     B::seed(device, 0);
-    let mut flow: RealNvp<B> = config.init(device).expect("benchmark configs are valid");
+    let mut flow: RealNvp<B> = config
+        .init(device)
+        .expect("benchmark configs are valid")
+        .with_conv_precision(settings.conv_precision);
     let params = flow.num_params();
     let shape = [settings.batch, config.channels, config.height, config.width];
     let pixels = Tensor::<B, 4>::random(shape, Distribution::Uniform(0.0, 256.0), device).floor();
@@ -194,6 +202,7 @@ pub fn benchmark<B: AutodiffConvBackend>(
         features: config.features,
         skip_connections: config.skip_connections,
         gradient_checkpointing: settings.gradient_checkpointing,
+        conv_precision: settings.conv_precision,
         batch: settings.batch,
         params,
         train_img_s,

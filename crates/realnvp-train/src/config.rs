@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use realnvp_core::{FlowConfig, PreprocessConfig, RealNvpConfig, VectorRealNvpConfig};
+use realnvp_core::{
+    ConvPrecision, FlowConfig, PreprocessConfig, RealNvpConfig, VectorRealNvpConfig,
+};
 use realnvp_data::folder::FolderPreset;
 use realnvp_data::partition::Part;
 use realnvp_data::toy::Toy;
@@ -275,6 +277,11 @@ pub struct TrainSettings {
     /// results are recomputed in the backward pass instead of kept, for less activation
     /// memory on large images at some speed; the gradients are the same.
     pub gradient_checkpointing: bool,
+    /// The float type the s/t networks' convolutions compute in: `"f32"`, `"bf16"` or
+    /// `"f16"` (see `realnvp_core::precision`). The flow's arithmetic, log-determinants,
+    /// prior, weights and optimiser state stay `f32`. Half precision is for GPUs with
+    /// tensor cores; `bf16` is the one to train with (`f16` gradients can underflow).
+    pub conv_precision: ConvPrecision,
     /// Stop after this many steps.
     pub max_steps: Option<u64>,
     /// Stop after this many epochs.
@@ -323,6 +330,7 @@ impl Default for TrainSettings {
             grad_clip_norm: None,
             ema_decay: None,
             gradient_checkpointing: false,
+            conv_precision: ConvPrecision::F32,
             max_steps: None,
             max_epochs: None,
             max_minutes: None,
@@ -651,9 +659,11 @@ mod tests {
                 "train.learning_rate=3e-4".into(),
                 "model.features=16".into(),
                 "train.max_minutes=1.5".into(),
+                "train.conv_precision=bf16".into(),
             ],
         )
         .expect("valid overrides");
+        assert_eq!(config.train.conv_precision, ConvPrecision::Bf16);
         assert_eq!(config.train.learning_rate, 3e-4);
         assert_eq!(config.model.features, 16);
         assert_eq!(config.train.max_minutes, Some(1.5));
@@ -689,6 +699,13 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{item}: {err}");
         }
+        let err = RunConfig::load(None, &["train.conv_precision=fp16".into()])
+            .expect_err("unknown precision")
+            .to_string();
+        assert!(
+            err.contains("train.conv_precision") && err.contains("fp16") && err.contains("bf16"),
+            "{err}"
+        );
         let config = RunConfig::load(None, &["train.adam_epsilon=1e-8".into()]).expect("valid");
         assert_eq!(config.train.adam_epsilon, Some(1e-8));
         let err = RunConfig::load(None, &["nonsense".into()])

@@ -20,7 +20,8 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use realnvp_core::{
-    export_model, AutodiffConvBackend, ConvBackend, Dequantization, Flow, FlowBatch, FlowConfig,
+    export_model, AutodiffConvBackend, ConvBackend, ConvPrecision, Dequantization, Flow, FlowBatch,
+    FlowConfig,
 };
 use realnvp_data::loader::{Shard, StreamConfig, StreamPosition, TrainStream};
 use serde::Serialize;
@@ -189,7 +190,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             .then(|| prepare_run_dir::<B>(config, options, &flow_config, workers, device));
         let start = share_start_point(replicas, prepared, &options.run_dir)?;
 
-        let model = start.load_into(MODEL, init_model::<B>(&flow_config, device)?, device)?;
+        let model = init_model::<B>(&flow_config, t.conv_precision, device)?;
+        let model = start.load_into(MODEL, model, device)?;
         let mut optimizer = adam::<B>(t, flow_config.dims());
         match start.record(OPTIMIZER, device)? {
             Some(record) => optimizer = optimizer.load_record(record),
@@ -353,7 +355,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
     /// Restores the model from before a non-finite step; stops the run after
     /// `train.max_bad_steps` of them in a row.
     fn skip_step(&mut self, before: <Flow<B> as Module<B>>::Record) -> Result<(), TrainError> {
-        self.model = init_model::<B>(&self.flow_config, &self.device)?.load_record(before);
+        let precision = self.config.train.conv_precision;
+        self.model =
+            init_model::<B>(&self.flow_config, precision, &self.device)?.load_record(before);
         self.bad_in_a_row += 1;
         self.state.skipped_steps += 1;
         if let Some(leader) = &self.leader {
@@ -624,7 +628,7 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
         return Ok(loaded);
     }
     B::seed(device, config.train.seed);
-    let mut model = init_model::<B>(flow_config, device)?;
+    let mut model = init_model::<B>(flow_config, ConvPrecision::F32, device)?;
     if let Some(dir) = &options.init_from {
         model = init_from(model, dir, device)?;
         eprintln!("initialised from the trained model in {}", dir.display());
@@ -667,14 +671,22 @@ fn share_start_point<B: AutodiffBackend, R: Replicas<B>>(
     }
 }
 
+/// A fresh model of `flow_config` whose s/t convolutions compute in `precision`
+/// (`train.conv_precision`).
 fn init_model<B: AutodiffConvBackend>(
     flow_config: &FlowConfig,
+    precision: ConvPrecision,
     device: &B::Device,
 ) -> Result<Flow<B>, TrainError> {
-    flow_config.init(device).map_err(|e| TrainError::Config {
-        origin: "model".into(),
+    let config_error = |origin: &str, e: realnvp_core::ConfigError| TrainError::Config {
+        origin: origin.into(),
         message: e.to_string(),
-    })
+    };
+    flow_config
+        .init(device)
+        .map_err(|e| config_error("model", e))?
+        .with_conv_precision(precision, device)
+        .map_err(|e| config_error("train.conv_precision", e))
 }
 
 /// Adam for the bits/dim loss of a model of `dims` dimensions: `train.adam_epsilon` is
