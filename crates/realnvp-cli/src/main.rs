@@ -537,12 +537,6 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
 
     eprintln!("backend: {}", backend::NAME);
     eprintln!("run directory: {}", run_dir.display());
-    if config.train.conv_precision != ConvPrecision::F32 {
-        eprintln!(
-            "s/t convolutions in {} (train.conv_precision); the flow's arithmetic in f32",
-            config.train.conv_precision
-        );
-    }
     let options = TrainOptions {
         run_dir: run_dir.clone(),
         resume: args.resume,

@@ -272,6 +272,8 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             "{args:?}: {err}"
         );
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        // A refused setting is not announced as in use first.
+        assert!(!err.contains("s/t convolutions in"), "{args:?}: {err}");
     }
     // A run directory whose only checkpoint is missing its files.
     let run = dir.path().join("broken");

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use realnvp_core::{AutodiffConvBackend, Dequantization, RealNvp, RealNvpConfig};
+use realnvp_core::{testing, AutodiffConvBackend, Dequantization, RealNvp, RealNvpConfig};
 
 /// The system allocator, counting the bytes in use and their peak.
 struct Counting;
@@ -46,7 +45,7 @@ static ALLOCATOR: Counting = Counting;
 /// Each parameter's gradient (flattened, in the model's visiting order) after one step,
 /// and the step's peak of allocated bytes above what was allocated before it.
 struct Step {
-    grads: Vec<Vec<f32>>,
+    grads: Vec<Vec<f64>>,
     peak_bytes: usize,
 }
 
@@ -65,25 +64,8 @@ where
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let peak_bytes = PEAK.load(Relaxed) - before;
 
-    struct Collect<'a> {
-        grads: &'a GradientsParams,
-        found: Vec<Vec<f32>>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                let values = grad.into_data().to_vec::<f32>().expect("f32 gradients");
-                self.found.push(values);
-            }
-        }
-    }
-    let mut collect = Collect {
-        grads: &grads,
-        found: Vec::new(),
-    };
-    model.visit(&mut collect);
     Step {
-        grads: collect.found,
+        grads: testing::parameter_gradients(&model, &grads),
         peak_bytes,
     }
 }
@@ -117,11 +99,11 @@ fn checkpointing_gives_the_same_gradients_with_less_memory() {
     );
     assert!(plain.grads.len() > 10);
     for (i, (expected, actual)) in plain.grads.iter().zip(&checkpointed.grads).enumerate() {
-        let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
         let worst = expected
             .iter()
             .zip(actual)
-            .fold(0.0f32, |m, (e, a)| m.max((e - a).abs()));
+            .fold(0.0f64, |m, (e, a)| m.max((e - a).abs()));
         assert!(
             worst <= 1e-5 * scale,
             "parameter {i}: gradients differ by {worst} (scale {scale})"

@@ -235,6 +235,12 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 config.data.describe(),
                 splits.held_out()
             );
+            if t.conv_precision != ConvPrecision::F32 {
+                eprintln!(
+                    "s/t convolutions in {} (train.conv_precision); the flow's arithmetic in f32",
+                    t.conv_precision
+                );
+            }
             if options.resume {
                 note_resume(&start, &state, t, workers);
             }
