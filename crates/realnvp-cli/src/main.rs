@@ -372,7 +372,17 @@ type Checkpointed = Autodiff<backend::Inference, BalancedCheckpointing>;
 fn run(cli: Cli) -> Result<(), String> {
     backend::select(cli.device)?;
     match cli.command {
+        // A data-parallel run starts its own worker threads, so `train_command` moves only
+        // a single-device run onto the compute threads.
         Command::Train(args) => train_command(args, cli.device),
+        command => backend::on_compute_threads(|| run_command(command)),
+    }
+}
+
+/// Every command but `train`, on the thread it is called from.
+fn run_command(command: Command) -> Result<(), String> {
+    match command {
+        Command::Train(_) => unreachable!("`run` starts training itself"),
         Command::Eval {
             run,
             split,
@@ -556,13 +566,15 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
             Some(&index) => backend::device_at(index)?,
             None => backend::device(),
         };
-        let summary = if config.train.gradient_checkpointing {
-            eprintln!("gradient checkpointing: on");
-            train::<Checkpointed>(&config, &options, &device)
-        } else {
-            train::<Training>(&config, &options, &device)
-        }
-        .map_err(|e| e.to_string())?;
+        let summary = backend::on_compute_threads(|| {
+            if config.train.gradient_checkpointing {
+                eprintln!("gradient checkpointing: on");
+                train::<Checkpointed>(&config, &options, &device)
+            } else {
+                train::<Training>(&config, &options, &device)
+            }
+            .map_err(|e| e.to_string())
+        })?;
         print_summary(&summary, &run_dir);
         return Ok(());
     }
