@@ -199,25 +199,106 @@ impl Planes {
     }
 }
 
-/// Per-channel mean and biased variance (two passes, accumulated in f64), channels split
-/// across rayon's threads.
+/// Per-channel mean and biased variance (two passes), channels split across rayon's threads.
 fn channel_statistics(x: &[f32], shape: Planes) -> (Vec<f32>, Vec<f32>) {
     let stats = |ch: usize| {
-        let sum: f64 = shape
-            .of_channel(x, ch)
-            .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-            .sum();
-        let mean = sum / shape.count();
-        let squares: f64 = shape
-            .of_channel(x, ch)
-            .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-            .sum();
-        (mean as f32, (squares / shape.count()) as f32)
+        vectorised(
+            #[inline(always)]
+            || {
+                let mean = (LaneSums::over(shape.of_channel(x, ch), |v| v) / shape.count()) as f32;
+                let squares = LaneSums::over(shape.of_channel(x, ch), |v| (v - mean) * (v - mean));
+                (mean, (squares / shape.count()) as f32)
+            },
+        )
     };
     if x.len() >= PARALLEL_PLANES {
         (0..shape.c).into_par_iter().map(stats).unzip()
     } else {
         (0..shape.c).map(stats).unzip()
+    }
+}
+
+/// A sum of many `f32` terms kept in [`LaneSums::LANES`] independent `f32` lanes that the
+/// compiler vectorises (one running sum is a chain of dependent additions, one value per
+/// four cycles), moved into an `f64` total every [`LaneSums::FLUSH`] terms so that rounding
+/// does not grow with the number of values.
+struct LaneSums {
+    lanes: [f32; Self::LANES],
+    pending: usize,
+    total: f64,
+}
+
+impl LaneSums {
+    const LANES: usize = 16;
+    const FLUSH: usize = 1024;
+
+    fn new() -> Self {
+        Self {
+            lanes: [0.0; Self::LANES],
+            pending: 0,
+            total: 0.0,
+        }
+    }
+
+    /// The sum of `term(v)` over every value of `planes`, in `f64`.
+    #[inline(always)]
+    fn over<'a>(planes: impl Iterator<Item = &'a [f32]>, term: impl Fn(f32) -> f32) -> f64 {
+        let mut sums = Self::new();
+        for plane in planes {
+            sums.add(plane, &term);
+        }
+        sums.finish()
+    }
+
+    /// Adds `term(v)` for every value of `values`.
+    #[inline(always)]
+    fn add(&mut self, values: &[f32], term: impl Fn(f32) -> f32) {
+        let mut unused = Self::new();
+        Self::add_pairs(self, &mut unused, values, values, |v, _| (term(v), 0.0));
+    }
+
+    /// Adds `term(x, g) = (a, b)` for every pair of `xs` and `gs` (as long as each other):
+    /// `a` into `first`, `b` into `second`.
+    #[inline(always)]
+    fn add_pairs(
+        first: &mut Self,
+        second: &mut Self,
+        xs: &[f32],
+        gs: &[f32],
+        term: impl Fn(f32, f32) -> (f32, f32),
+    ) {
+        const L: usize = LaneSums::LANES;
+        let (mut xc, mut gc) = (xs.chunks_exact(L), gs.chunks_exact(L));
+        for (x, g) in (&mut xc).zip(&mut gc) {
+            let (x, g): (&[f32; L], &[f32; L]) = (x.try_into().unwrap(), g.try_into().unwrap());
+            for i in 0..L {
+                let (a, b) = term(x[i], g[i]);
+                first.lanes[i] += a;
+                second.lanes[i] += b;
+            }
+        }
+        for (i, (&x, &g)) in xc.remainder().iter().zip(gc.remainder()).enumerate() {
+            let (a, b) = term(x, g);
+            first.lanes[i] += a;
+            second.lanes[i] += b;
+        }
+        for sums in [first, second] {
+            sums.pending += xs.len();
+            if sums.pending >= Self::FLUSH {
+                sums.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.total += self.lanes.iter().map(|&v| v as f64).sum::<f64>();
+        self.lanes = [0.0; Self::LANES];
+        self.pending = 0;
+    }
+
+    fn finish(mut self) -> f64 {
+        self.flush();
+        self.total
     }
 }
 
@@ -233,30 +314,41 @@ struct Normaliser<'a> {
 }
 
 impl Normaliser<'_> {
-    /// `(x^, g)` of one value of channel `ch`: the normalised input and the output
-    /// gradient where the ReLU passed (zero where it clipped).
-    #[inline]
-    fn point(&self, ch: usize, x: f32, grad: f32) -> (f32, f32) {
-        let normalised = (x - self.mean[ch]) * self.inv_sigma[ch];
-        let passed = normalised * self.gamma[ch] + self.beta[ch] > 0.0;
-        (normalised, if passed { grad } else { 0.0 })
+    /// Channel `ch`'s constants: `(mean, 1 / sigma, gamma, beta)`.
+    #[inline(always)]
+    fn channel(&self, ch: usize) -> (f32, f32, f32, f32) {
+        (
+            self.mean[ch],
+            self.inv_sigma[ch],
+            self.gamma[ch],
+            self.beta[ch],
+        )
     }
 
-    /// `(d/dgamma, d/dbeta)`: per channel, `sum g x^` and `sum g`.
+    /// `(d/dgamma, d/dbeta)`: per channel, `sum g x^` and `sum g`, with `x^` the normalised
+    /// input and `g` the output gradient where the ReLU passed (zero where it clipped).
     fn parameter_grads(&self, x: &[f32], grad: &[f32], shape: Planes) -> (Vec<f32>, Vec<f32>) {
         let sums = |ch: usize| {
-            let (mut gamma_grad, mut beta_grad) = (0.0f64, 0.0f64);
-            for (xs, gs) in shape.of_channel(x, ch).zip(shape.of_channel(grad, ch)) {
-                let (mut gx, mut g) = (0.0f32, 0.0f32);
-                for (&xv, &gv) in xs.iter().zip(gs) {
-                    let (normalised, passed) = self.point(ch, xv, gv);
-                    gx += passed * normalised;
-                    g += passed;
-                }
-                gamma_grad += gx as f64;
-                beta_grad += g as f64;
-            }
-            (gamma_grad as f32, beta_grad as f32)
+            let (mean, inv_sigma, gamma, beta) = self.channel(ch);
+            vectorised(
+                #[inline(always)]
+                || {
+                    let (mut gamma_grad, mut beta_grad) = (LaneSums::new(), LaneSums::new());
+                    for (xs, gs) in shape.of_channel(x, ch).zip(shape.of_channel(grad, ch)) {
+                        LaneSums::add_pairs(&mut gamma_grad, &mut beta_grad, xs, gs, |v, g| {
+                            let normalised = (v - mean) * inv_sigma;
+                            // The ReLU passed where gamma x^ + beta > 0.
+                            let passed = if normalised * gamma + beta > 0.0 {
+                                g
+                            } else {
+                                0.0
+                            };
+                            (passed * normalised, passed)
+                        });
+                    }
+                    (gamma_grad.finish() as f32, beta_grad.finish() as f32)
+                },
+            )
         };
         if x.len() >= PARALLEL_PLANES {
             (0..shape.c).into_par_iter().map(sums).unzip()
@@ -279,12 +371,23 @@ impl Normaliser<'_> {
         let plane = shape.plane.max(1);
         let fill = |(index, (out, (xs, gs))): (usize, PlaneTask)| {
             let ch = index % shape.c;
-            let factor = self.gamma[ch] * self.inv_sigma[ch];
+            let (mean, inv_sigma, gamma, beta) = self.channel(ch);
+            let factor = gamma * inv_sigma;
             let (mean_g, mean_gx) = (beta_grad[ch] / count, gamma_grad[ch] / count);
-            for ((o, &xv), &gv) in out.iter_mut().zip(xs).zip(gs) {
-                let (normalised, passed) = self.point(ch, xv, gv);
-                *o = factor * (passed - mean_g - normalised * mean_gx);
-            }
+            vectorised(
+                #[inline(always)]
+                || {
+                    for ((o, &xv), &gv) in out.iter_mut().zip(xs).zip(gs) {
+                        let normalised = (xv - mean) * inv_sigma;
+                        let passed = if normalised * gamma + beta > 0.0 {
+                            gv
+                        } else {
+                            0.0
+                        };
+                        *o = factor * (passed - mean_g - normalised * mean_gx);
+                    }
+                },
+            )
         };
         if x.len() >= PARALLEL_PLANES {
             x_grad
@@ -303,6 +406,26 @@ impl Normaliser<'_> {
     }
 }
 
+/// Runs `work` compiled for AVX2 and FMA where the CPU has them, else as it is: the
+/// element-wise kernels and Winograd's transforms are plain loops that the compiler
+/// vectorises 8 wide there instead of the baseline x86-64's 4 (this crate is built for the
+/// baseline; `gemm` dispatches alike). `work` must be `#[inline(always)]` to be compiled so.
+#[inline(always)]
+fn vectorised<R>(work: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features `avx2` is compiled for.
+            return unsafe { avx2(work) };
+        }
+    }
+    work()
+}
+
 /// Tensors of at least this many values are split across rayon's threads, a plane a task.
 const PARALLEL_PLANES: usize = 1 << 14;
 
@@ -313,9 +436,14 @@ fn affine_relu(x: &[f32], scale: &[f32], shift: &[f32], n: usize, plane: usize) 
     let mut y = vec![0.0f32; n * c * plane];
     let map = |(index, (out, input)): (usize, (&mut [f32], &[f32]))| {
         let (a, b) = (scale[index % c], shift[index % c]);
-        for (o, &v) in out.iter_mut().zip(input) {
-            *o = (v * a + b).max(0.0);
-        }
+        vectorised(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(input) {
+                    *o = (v * a + b).max(0.0);
+                }
+            },
+        )
     };
     let plane = plane.max(1);
     if y.len() >= PARALLEL_PLANES && n * c > 1 {
@@ -452,6 +580,59 @@ pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32]) {
 /// [`im2col`] with rows `stride` elements apart: row `r` is `col[r * stride..][..h * w]`, so
 /// that the matrices of several images can sit side by side in one `[c * 9, images * h * w]`.
 fn im2col_strided(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32], stride: usize) {
+    // The widths of the small images of the usual architectures (28 and 32 pixels wide,
+    // squeezed once to three times, with 8 by 8 and 4 by 4 digits) go a pixel row at a time.
+    vectorised(
+        #[inline(always)]
+        || match w {
+            4 => im2col_narrow::<4>(x, c, h, col, stride),
+            7 => im2col_narrow::<7>(x, c, h, col, stride),
+            8 => im2col_narrow::<8>(x, c, h, col, stride),
+            14 => im2col_narrow::<14>(x, c, h, col, stride),
+            16 => im2col_narrow::<16>(x, c, h, col, stride),
+            _ => im2col_bands(x, c, h, w, col, stride),
+        },
+    )
+}
+
+/// [`im2col_strided`] for images `W` pixels wide, a pixel row at a time. With the width
+/// known to the compiler each row's shifted copy and zero fill are a few vector moves in
+/// place, where [`im2col_bands`] calls libc's `memmove` and `memset` for a handful of values
+/// per call: on the digits model (8 and 4 pixels wide) those calls took a fifth of the time.
+#[inline(always)]
+fn im2col_narrow<const W: usize>(x: &[f32], c: usize, h: usize, col: &mut [f32], stride: usize) {
+    let p = h * W;
+    debug_assert_eq!(x.len(), c * p);
+    for (ci, plane) in x.chunks_exact(p).enumerate() {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &mut col[((ci * 3 + ky) * 3 + kx) * stride..][..p];
+                for (y, out) in row.chunks_exact_mut(W).enumerate() {
+                    // Source row y + ky - 1, zero above and below the image.
+                    let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[sy * W..][..W];
+                    match kx {
+                        0 => {
+                            out[0] = 0.0;
+                            out[1..].copy_from_slice(&src[..W - 1]);
+                        }
+                        1 => out.copy_from_slice(src),
+                        _ => {
+                            out[..W - 1].copy_from_slice(&src[1..]);
+                            out[W - 1] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col_strided`] for any width: each row of `col` is one shifted copy of the plane.
+fn im2col_bands(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32], stride: usize) {
     let p = h * w;
     debug_assert_eq!(x.len(), c * p);
     for (ci, plane) in x.chunks_exact(p).enumerate() {
@@ -622,11 +803,14 @@ fn from_channel_major(wide: &[f32], ch: usize, p: usize, bias: Option<&[f32]>, i
 /// The input gradient is the forward convolution of `dy` with the flipped, transposed
 /// kernel: `dx = flip(W)^T [c, o * 9] x col(dy)`. The weight gradient reads the same matrix:
 /// row `(o, ky, kx)` of `col(dy)` at pixel `q` is `dy[o, q + (ky - 1, kx - 1)]`, so
-/// `(x [c, P] x col(dy)^T)[c, (o, ky, kx)] = sum_q dy[o, q] x[c, q - (ky - 1, kx - 1)]`, which
-/// is `dW[o, c, 2 - ky, 2 - kx]`: the same flip and transpose again. Computing `col(x)` as
-/// well would double the im2col work of the backward pass, which on small images costs as
-/// much as the GEMMs. Small images are taken a group at a time, side by side, as in
-/// [`forward`]; each thread sums its own share of the batch before the shares are added.
+/// `(col(dy) x x^T)[(o, ky, kx), c] = sum_q dy[o, q] x[c, q - (ky - 1, kx - 1)]`, which is
+/// `dW[o, c, 2 - ky, 2 - kx]`. Computing `col(x)` as well would double the im2col work of
+/// the backward pass, which on small images costs as much as the GEMMs. `x` goes into that
+/// product pixel-major (`[P, c]`, a copy a ninth of the size of `col(dy)`): with both
+/// operands laid out along the pixels, `gemm` would transpose all of `col(dy)` element by
+/// element into its packing buffer (a seventh of the digits model's training time). Small
+/// images are taken a group at a time, side by side, as in [`forward`]; each thread sums its
+/// own share of the batch before the shares are added.
 fn backward(
     x: &[f32],
     weight: &[f32],
@@ -647,10 +831,9 @@ fn backward(
         .zip(x.par_chunks(per_thread * c * p))
         .zip(grad.par_chunks(per_thread * o * p))
         .map(|((dx, x), dy)| {
-            // [c, o, 3, 3] with flipped taps; see above.
-            let mut dw = vec![0.0f32; c * k];
-            let wide_len = if group > 1 { c * group * p } else { 0 };
-            with_scratch([k * group * p, wide_len], |col, wide| {
+            // [o * 9, c], the taps flipped; see above.
+            let mut dw = vec![0.0f32; k * c];
+            with_scratch([k * group * p, c * group * p], |col, wide| {
                 let groups = dx
                     .chunks_mut(group * c * p)
                     .zip(x.chunks(group * c * p))
@@ -660,40 +843,59 @@ fn backward(
                     for (i, image) in dy.chunks_exact(o * p).enumerate() {
                         im2col_strided(image, o, h, w, &mut col[i * p..], cols);
                     }
-                    let col_t = Matrix {
-                        values: col,
-                        rows: cols,
-                        cols: k,
-                        row_stride: 1,
-                        col_stride: cols,
-                    };
-                    let single = cols == p;
-                    let x = if single {
-                        x
-                    } else {
-                        to_channel_major(x, c, p, &mut wide[..c * cols]);
-                        &wide[..c * cols]
-                    };
-                    let x = Matrix::row_major(x, c, cols);
-                    matmul(&mut dw, g > 0, x, col_t, parallelism);
-                    let lhs = Matrix::row_major(&flipped, c, k);
                     let col = Matrix::row_major(col, k, cols);
-                    let dst = if single {
-                        &mut *dx
-                    } else {
-                        &mut wide[..c * cols]
-                    };
+                    let wide = &mut wide[..c * cols];
+                    to_pixel_major(x, c, p, wide);
+                    matmul(
+                        &mut dw,
+                        g > 0,
+                        col,
+                        Matrix::row_major(wide, cols, c),
+                        parallelism,
+                    );
+                    let single = cols == p;
+                    let dst = if single { &mut *dx } else { &mut *wide };
+                    let lhs = Matrix::row_major(&flipped, c, k);
                     matmul(dst, false, lhs, col, parallelism);
                     if !single {
-                        from_channel_major(&wide[..c * cols], c, p, None, dx);
+                        from_channel_major(wide, c, p, None, dx);
                     }
                 }
             });
             dw
         })
         .collect();
-    let weight_grad = flip_transpose(&sum_of_shares(partials), c, o);
+    let weight_grad = unflip_taps(&sum_of_shares(partials), o, c);
     (x_grad, weight_grad)
+}
+
+/// `images [n, ch, p]` rearranged into `[n * p, ch]`: a row per pixel of every image.
+fn to_pixel_major(images: &[f32], ch: usize, p: usize, out: &mut [f32]) {
+    for (image, out) in images
+        .chunks_exact(ch * p)
+        .zip(out.chunks_exact_mut(ch * p))
+    {
+        for (ci, plane) in image.chunks_exact(p).enumerate() {
+            for (q, v) in plane.iter().enumerate() {
+                out[q * ch + ci] = *v;
+            }
+        }
+    }
+}
+
+/// The weight gradient `[o, c, 3, 3]` from the backward GEMM's `[o, 9, c]` with its taps
+/// flipped in space (tap `t` there is tap `8 - t` here).
+fn unflip_taps(flipped: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut weight = vec![0.0f32; o * c * 9];
+    for oi in 0..o {
+        for t in 0..9 {
+            let src = &flipped[(oi * 9 + t) * c..][..c];
+            for (ci, v) in src.iter().enumerate() {
+                weight[(oi * c + ci) * 9 + 8 - t] = *v;
+            }
+        }
+    }
+    weight
 }
 
 /// The element-wise sum of the per-thread partial gradients of a batch's shares.
@@ -732,6 +934,29 @@ mod tests {
             down_right,
             "tap (+1, +1) reads the pixel below-right"
         );
+    }
+
+    /// The fixed-width rows against the band copies: every specialised width, one to five
+    /// rows, one and three channels, rows of `col` wider apart than a plane.
+    #[test]
+    fn narrow_im2col_matches_band_copies() {
+        for w in [4, 7, 8, 14, 16] {
+            for h in 1..=5 {
+                for c in [1, 3] {
+                    let p = h * w;
+                    let x: Vec<f32> = (0..c * p).map(|i| (i as f32 * 0.37).sin()).collect();
+                    let stride = p + 5;
+                    let mut bands = vec![f32::NAN; c * 9 * stride];
+                    let mut rows = bands.clone();
+                    im2col_bands(&x, c, h, w, &mut bands, stride);
+                    im2col_strided(&x, c, h, w, &mut rows, stride);
+                    for r in 0..c * 9 {
+                        let (a, b) = (&bands[r * stride..][..p], &rows[r * stride..][..p]);
+                        assert_eq!(a, b, "{c}x{h}x{w}, row {r}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

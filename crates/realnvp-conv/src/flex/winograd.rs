@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::{gemm_parallelism, matmul, sum_of_shares, with_scratch, Matrix};
+use super::{gemm_parallelism, matmul, sum_of_shares, vectorised, with_scratch, Matrix};
 
 /// Positions in a 4x4 transformed tile: the number of GEMMs per convolution.
 const POSITIONS: usize = 16;
@@ -32,25 +32,6 @@ pub(super) fn worthwhile(c: usize, o: usize, h: usize, w: usize) -> bool {
 /// The smallest image, in pixels, worth the transforms: measured with `conv_speed`, 16 and
 /// 32 channels on 8x8 and 4x4 images ran faster with im2col, 14x14 and larger with Winograd.
 const MIN_PIXELS: usize = 100;
-
-/// Runs `work` compiled for AVX2 and FMA where the CPU has them, else as it is: the
-/// transforms are plain loops that the compiler vectorises 8 wide there instead of the
-/// baseline x86-64's 4 (this crate is built for the baseline; `gemm` dispatches alike).
-#[inline(always)]
-fn vectorised<R>(work: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(work: impl FnOnce() -> R) -> R {
-            work()
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features `avx2` is compiled for.
-            return unsafe { avx2(work) };
-        }
-    }
-    work()
-}
 
 /// The forward convolution of `x [n, c, h, w]` with `weight [o, c, 3, 3]` and an optional
 /// `bias [o]`: `[n, o, h, w]`, by F(2x2, 3x3). Odd sizes are padded to whole tiles.
