@@ -4,7 +4,8 @@
 //! Per image, with `P = height * width`:
 //! - forward: `y [out, P] = weight [out, in] x x [in, P] (+ bias)`;
 //! - input gradient: `dx [in, P] = weight^T [in, out] x dy [out, P]`;
-//! - weight gradient: `dW [out, in] += dy [out, P] x x^T [P, in]`, summed over images.
+//! - weight gradient: `dW [out, in] += dy [out, P] x x^T [P, in]`, summed over images, with
+//!   `x^T` copied pixel-major first.
 //!
 //! Burn's own 1x1 convolution on Flex runs its backward pass as a transposed convolution
 //! and a convolution over the batch axis, with copies of the swapped axes in between: that
@@ -15,7 +16,7 @@ use rayon::prelude::*;
 
 use super::{
     from_channel_major, gemm_parallelism, matmul, shares_and_groups, sum_of_shares,
-    to_channel_major, with_scratch, Matrix, GEMM_COLUMNS,
+    to_channel_major, to_pixel_major, with_scratch, Matrix, GEMM_COLUMNS,
 };
 
 /// `weight [o, c]` read as its transpose `[c, o]`.
@@ -95,7 +96,7 @@ pub(super) fn backward(
         .map(|((dx, x), dy)| {
             let mut dw = vec![0.0f32; o * c];
             let wide = if group > 1 { group * p } else { 0 };
-            with_scratch([(c + o) * wide, c * wide], |inputs, wide_dx| {
+            with_scratch([c * group * p + o * wide, c * wide], |inputs, wide_dx| {
                 let groups = dx
                     .chunks_mut(group * c * p)
                     .zip(x.chunks(group * c * p))
@@ -103,24 +104,20 @@ pub(super) fn backward(
                 for (g, ((dx, x), dy)) in groups.enumerate() {
                     let cols = dy.len() / o;
                     let single = cols == p;
-                    let (x, dy) = if single {
-                        (x, dy)
+                    let (x_pixels, wide_dy) = inputs.split_at_mut(c * group * p);
+                    // x pixel-major [cols, c], so that neither GEMM operand needs gemm's
+                    // element-by-element transposition (see the 3x3 kernel's backward).
+                    let x_pixels = &mut x_pixels[..c * cols];
+                    to_pixel_major(x, c, p, x_pixels);
+                    let dy = if single {
+                        dy
                     } else {
-                        let (wide_x, wide_dy) = inputs.split_at_mut(c * cols);
-                        to_channel_major(x, c, p, wide_x);
                         to_channel_major(dy, o, p, &mut wide_dy[..o * cols]);
-                        (&*wide_x, &wide_dy[..o * cols])
-                    };
-                    // x^T [cols, c]: element (q, ci) at ci * cols + q.
-                    let x_t = Matrix {
-                        values: x,
-                        rows: cols,
-                        cols: c,
-                        row_stride: 1,
-                        col_stride: cols,
+                        &wide_dy[..o * cols]
                     };
                     let dy = Matrix::row_major(dy, o, cols);
-                    matmul(&mut dw, g > 0, dy, x_t, parallelism);
+                    let x_pixels = Matrix::row_major(x_pixels, cols, c);
+                    matmul(&mut dw, g > 0, dy, x_pixels, parallelism);
                     if single {
                         matmul(dx, false, weight_t, dy, parallelism);
                     } else {

@@ -78,9 +78,7 @@ pub(super) fn forward(
                     vectorised(
                         #[inline(always)]
                         || {
-                            for (i, image) in y.chunks_exact_mut(o * h * w).enumerate() {
-                                tiles.transform_output(m, o, cols, i * tiles.count, bias, image);
-                            }
+                            tiles.transform_outputs(m, o, cols, bias, y);
                         },
                     );
                 });
@@ -121,9 +119,7 @@ pub(super) fn weight_gradient(
                         #[inline(always)]
                         || {
                             tiles.transform_inputs(x, c, v, cols);
-                            for (i, image) in grad.chunks_exact(o * h * w).enumerate() {
-                                tiles.transform_output_grad(image, o, dm, cols, i * tiles.count);
-                            }
+                            tiles.transform_output_grads(grad, o, dm, cols);
                         },
                     );
                     for k in 0..POSITIONS {
@@ -239,72 +235,127 @@ impl Tiles {
     /// image `i`'s tiles start at column `i * count` of `v [16, c, stride]`.
     #[inline(always)]
     fn transform_inputs(self, images: &[f32], c: usize, v: &mut [f32], stride: usize) {
+        let mut scratch = InputScratch {
+            rows_b: vec![0.0f32; 2 * 4 * self.band()],
+            halves: vec![0.0f32; 2 * (self.cols + 1)],
+        };
+        let mut positions = positions_mut(v, c * stride);
         for (i, image) in images.chunks_exact(c * self.h * self.w).enumerate() {
-            self.transform_input(image, c, v, stride, i * self.count);
+            let first = i * self.count;
+            self.transform_input(image, &mut positions, stride, first, &mut scratch);
         }
     }
 
+    /// `(rows + 1) * cols`: the tile rows of one parity of padded input rows, one more than
+    /// the tiles have (the last one reads it).
+    fn band(self) -> usize {
+        (self.rows + 1) * self.cols
+    }
+
     /// Writes `V_k[ci, first + t] = (B^T d B)_k` for every tile `t` of every channel of
-    /// `image [c, h, w]` into `v [16, c, stride]`, with
-    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// `image [c, h, w]` into `positions[k][ci * stride..]` (`v [16, c, stride]` split by
+    /// position), with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
     ///
     /// Both halves of the transform run over whole rows of tiles so that they vectorise:
     /// first `d B` on every input row (shared by the two tiles above and below it), then
-    /// `B^T (d B)` on every tile at once.
+    /// `B^T (d B)` on every tile at once, each output position its own slice.
     #[inline(always)]
-    fn transform_input(self, image: &[f32], c: usize, v: &mut [f32], stride: usize, first: usize) {
-        let (count, cols) = (self.count, self.cols);
+    fn transform_input(
+        self,
+        image: &[f32],
+        positions: &mut [&mut [f32]; POSITIONS],
+        stride: usize,
+        first: usize,
+        scratch: &mut InputScratch,
+    ) {
+        let (count, cols, band) = (self.count, self.cols, self.band());
         // `d B` of padded input row `2 * ti + parity`, position `col` of tile `(ti, tj)`, at
-        // `[parity][col][ti * cols + tj]`, for tile rows 0..=rows (the last one is padding).
-        let band = (self.rows + 1) * cols;
-        let mut rows_b = vec![0.0f32; 2 * 4 * band];
-        // The plane inside a zero border: input (y, x) at padded (y + 1, x + 1), whole tiles
-        // in both directions. The border is never written, so it stays zero for every channel.
-        let padded_w = 2 * cols + 2;
-        let mut padded = vec![0.0f32; (2 * self.rows + 2) * padded_w];
+        // `rows_b[parity][col][ti * cols + tj]`, for tile rows 0..=rows.
+        let rows_b = &mut scratch.rows_b;
+        let (even, odd) = scratch.halves.split_at_mut(cols + 1);
         for (ci, plane) in image.chunks_exact(self.h * self.w).enumerate() {
-            for (y, row) in plane.chunks_exact(self.w).enumerate() {
-                padded[(y + 1) * padded_w + 1..][..self.w].copy_from_slice(row);
-            }
-            for (padded_row, p) in padded.chunks_exact(padded_w).enumerate() {
+            // Padded row r holds input row r - 1 (zero above and below the image).
+            for padded_row in 0..2 * self.rows + 2 {
                 let (parity, ti) = (padded_row % 2, padded_row / 2);
                 let out = &mut rows_b[parity * 4 * band + ti * cols..];
-                let (d0, d1) = out.split_at_mut(band);
-                let (d1, d2) = d1.split_at_mut(band);
-                let (d2, d3) = d2.split_at_mut(band);
-                // Tile tj reads padded columns 2tj ..= 2tj + 3.
-                for (j, x) in p.windows(4).step_by(2).enumerate() {
-                    d0[j] = x[0] - x[2];
-                    d1[j] = x[1] + x[2];
-                    d2[j] = x[2] - x[1];
-                    d3[j] = x[1] - x[3];
+                let (d0, rest) = out.split_at_mut(band);
+                let (d1, rest) = rest.split_at_mut(band);
+                let (d2, d3) = rest.split_at_mut(band);
+                let (d0, d1, d2, d3) = (
+                    &mut d0[..cols],
+                    &mut d1[..cols],
+                    &mut d2[..cols],
+                    &mut d3[..cols],
+                );
+                let Some(y) = padded_row.checked_sub(1).filter(|&y| y < self.h) else {
+                    for d in [d0, d1, d2, d3] {
+                        d.fill(0.0);
+                    }
+                    continue;
+                };
+                split_padded_row(&plane[y * self.w..][..self.w], even, odd);
+                // Tile tj reads padded columns 2tj ..= 2tj + 3: even[tj], odd[tj],
+                // even[tj + 1], odd[tj + 1].
+                let (e0, e1, o0, o1) = (&even[..cols], &even[1..], &odd[..cols], &odd[1..]);
+                for j in 0..cols {
+                    d0[j] = e0[j] - e1[j];
+                    d1[j] = o0[j] + e1[j];
+                    d2[j] = e1[j] - o0[j];
+                    d3[j] = o0[j] - o1[j];
                 }
             }
             // B^T (d B): tile (ti, tj) reads padded rows 2ti (even, ti), 2ti + 1 (odd, ti),
             // 2ti + 2 (even, ti + 1) and 2ti + 3 (odd, ti + 1).
+            let (row0, rest) = positions.split_at_mut(4);
+            let (row1, rest) = rest.split_at_mut(4);
+            let (row2, row3) = rest.split_at_mut(4);
             for col in 0..4 {
                 let r0 = &rows_b[col * band..][..count];
                 let r2 = &rows_b[col * band + cols..][..count];
                 let r1 = &rows_b[(4 + col) * band..][..count];
                 let r3 = &rows_b[(4 + col) * band + cols..][..count];
-                // Rows k = col, 4 + col, 8 + col, 12 + col of V for this channel.
-                let out = |row: usize| ((row * 4 + col) * c + ci) * stride + first;
-                let (k0, k1, k2, k3) = (out(0), out(1), out(2), out(3));
+                // Positions col, 4 + col, 8 + col and 12 + col of V for this channel.
+                let at = ci * stride + first;
+                let k0 = &mut row0[col][at..][..count];
+                let k1 = &mut row1[col][at..][..count];
+                let k2 = &mut row2[col][at..][..count];
+                let k3 = &mut row3[col][at..][..count];
                 for t in 0..count {
-                    let (a, b, c2, d) = (r0[t], r1[t], r2[t], r3[t]);
-                    v[k0 + t] = a - c2;
-                    v[k1 + t] = b + c2;
-                    v[k2 + t] = c2 - b;
-                    v[k3 + t] = b - d;
+                    k0[t] = r0[t] - r2[t];
+                    k1[t] = r1[t] + r2[t];
+                    k2[t] = r2[t] - r1[t];
+                    k3[t] = r1[t] - r3[t];
                 }
             }
+        }
+    }
+
+    /// [`Tiles::transform_output`] of every image of `images [n, o, h, w]`, side by side:
+    /// image `i`'s tiles start at column `i * count` of `m [16, o, stride]`.
+    #[inline(always)]
+    fn transform_outputs(
+        self,
+        m: &[f32],
+        o: usize,
+        stride: usize,
+        bias: Option<&[f32]>,
+        images: &mut [f32],
+    ) {
+        // A^T M: [output row][col][tile]; (A^T M) A: [output row][output col][tile].
+        let mut a_m = vec![0.0f32; 2 * 4 * self.count];
+        let mut y = vec![0.0f32; 4 * self.count];
+        for (i, image) in images.chunks_exact_mut(o * self.h * self.w).enumerate() {
+            let first = i * self.count;
+            self.transform_output(m, o, stride, first, bias, image, [&mut a_m, &mut y]);
         }
     }
 
     /// Writes `Y = A^T M A` (plus the bias) for every tile `first + t` of every output
     /// channel from `m [16, o, stride]` into `image [o, h, w]`, dropping the pixels past an
     /// odd edge, with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Like the input transform, both
-    /// halves run over all tiles at once.
+    /// halves run over all tiles at once; `a_m` and `y` are scratch of `8 * count` and
+    /// `4 * count` values.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn transform_output(
         self,
@@ -314,12 +365,9 @@ impl Tiles {
         first: usize,
         bias: Option<&[f32]>,
         image: &mut [f32],
+        [a_m, y]: [&mut [f32]; 2],
     ) {
         let count = self.count;
-        // A^T M: [output row][col][tile].
-        let mut a_m = vec![0.0f32; 2 * 4 * count];
-        // (A^T M) A: [output row][output col][tile].
-        let mut y = vec![0.0f32; 4 * count];
         for (oi, plane) in image.chunks_exact_mut(self.h * self.w).enumerate() {
             let at =
                 |row: usize, col: usize| &m[((row * 4 + col) * o + oi) * stride + first..][..count];
@@ -343,26 +391,38 @@ impl Tiles {
                     right[t] = b + r1[t] - r2[t] - r3[t];
                 }
             }
-            self.scatter(&y, plane);
+            self.scatter(y, plane);
+        }
+    }
+
+    /// [`Tiles::transform_output_grad`] of every image of `images [n, o, h, w]`, side by
+    /// side: image `i`'s tiles start at column `i * count` of `dm [16, o, stride]`.
+    #[inline(always)]
+    fn transform_output_grads(self, images: &[f32], o: usize, dm: &mut [f32], stride: usize) {
+        // The gradient of output pixel (2ti + dy, 2tj + dx) at `[dy * 2 + dx][ti * cols + tj]`.
+        // Entries past an odd edge are never written and stay zero.
+        let mut g = vec![0.0f32; 4 * self.count];
+        let mut positions = positions_mut(dm, o * stride);
+        for (i, image) in images.chunks_exact(o * self.h * self.w).enumerate() {
+            let first = i * self.count;
+            self.transform_output_grad(image, &mut positions, stride, first, &mut g);
         }
     }
 
     /// Writes `dM_k = (A dY A^T)_k` for every tile `first + t` of every channel of the
-    /// output gradient `image [o, h, w]` into `dm [16, o, stride]`, the pixels past an odd
-    /// edge read as zero, with `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`.
+    /// output gradient `image [o, h, w]` into `positions[k][oi * stride..]` (`dm [16, o,
+    /// stride]` split by position), the pixels past an odd edge read as zero, with
+    /// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`; `g` is scratch of `4 * count` values.
     #[inline(always)]
     fn transform_output_grad(
         self,
         image: &[f32],
-        o: usize,
-        dm: &mut [f32],
+        positions: &mut [&mut [f32]; POSITIONS],
         stride: usize,
         first: usize,
+        g: &mut [f32],
     ) {
         let (count, cols) = (self.count, self.cols);
-        // The gradient of output pixel (2ti + dy, 2tj + dx) at `[dy * 2 + dx][ti * cols + tj]`.
-        // Entries past an odd edge are never written and stay zero.
-        let mut g = vec![0.0f32; 4 * count];
         for (oi, plane) in image.chunks_exact(self.h * self.w).enumerate() {
             for (py, row) in plane.chunks_exact(self.w).enumerate() {
                 let (ti, dy) = (py / 2, py % 2);
@@ -371,9 +431,13 @@ impl Tiles {
                     &mut left[ti * cols..][..cols],
                     &mut right[ti * cols..][..cols],
                 );
-                for ((l, r), pair) in left.iter_mut().zip(right.iter_mut()).zip(row.chunks(2)) {
+                let pairs = row.chunks_exact(2);
+                if let Some(&last) = pairs.remainder().first() {
+                    left[cols - 1] = last;
+                }
+                for ((l, r), pair) in left.iter_mut().zip(right.iter_mut()).zip(pairs) {
                     *l = pair[0];
-                    *r = pair.get(1).copied().unwrap_or(0.0);
+                    *r = pair[1];
                 }
             }
             let (top, bottom) = g.split_at(2 * count);
@@ -381,9 +445,13 @@ impl Tiles {
             let (g10, g11) = bottom.split_at(count);
             // A dY: rows (g0., g0. + g1., g0. - g1., -g1.); then (A dY) A^T per row (a, b):
             // (a, a + b, a - b, -b).
-            for row in 0..4 {
-                let out = |col: usize| ((row * 4 + col) * o + oi) * stride + first;
-                let (k0, k1, k2, k3) = (out(0), out(1), out(2), out(3));
+            let at = oi * stride + first;
+            for (row, ks) in positions.chunks_exact_mut(4).enumerate() {
+                let [k0, k1, k2, k3] = ks else {
+                    unreachable!("chunks of four positions")
+                };
+                let (k0, k1) = (&mut k0[at..][..count], &mut k1[at..][..count]);
+                let (k2, k3) = (&mut k2[at..][..count], &mut k3[at..][..count]);
                 for t in 0..count {
                     let (a, b) = match row {
                         0 => (g00[t], g01[t]),
@@ -391,10 +459,10 @@ impl Tiles {
                         2 => (g00[t] - g10[t], g01[t] - g11[t]),
                         _ => (-g10[t], -g11[t]),
                     };
-                    dm[k0 + t] = a;
-                    dm[k1 + t] = a + b;
-                    dm[k2 + t] = a - b;
-                    dm[k3 + t] = -b;
+                    k0[t] = a;
+                    k1[t] = a + b;
+                    k2[t] = a - b;
+                    k3[t] = -b;
                 }
             }
         }
@@ -416,6 +484,38 @@ impl Tiles {
                 out[self.w - 1] = left[self.cols - 1];
             }
         }
+    }
+}
+
+/// The input transform's buffers, kept across the images of a group.
+struct InputScratch {
+    /// `d B` of every padded row: `[parity][col][tile row][tile column]`.
+    rows_b: Vec<f32>,
+    /// The even and odd columns of one padded row, `cols + 1` each.
+    halves: Vec<f32>,
+}
+
+/// `v [16, len]` split into its 16 positions.
+fn positions_mut(v: &mut [f32], len: usize) -> [&mut [f32]; POSITIONS] {
+    let mut positions = v.chunks_exact_mut(len);
+    std::array::from_fn(|_| positions.next().expect("v holds 16 positions"))
+}
+
+/// Splits input row `row` into the even and odd columns of its zero-padded version (input
+/// column `x` at padded column `x + 1`): padded column `2j` into `even[j]`, `2j + 1` into
+/// `odd[j]`, zero outside the row. Unit-stride halves let the row transform vectorise,
+/// where reading the padded row two columns at a time did not.
+#[inline(always)]
+fn split_padded_row(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    even.fill(0.0);
+    odd.fill(0.0);
+    let pairs = row.chunks_exact(2);
+    if let Some(&last) = pairs.remainder().first() {
+        odd[row.len() / 2] = last;
+    }
+    for (j, pair) in pairs.enumerate() {
+        odd[j] = pair[0];
+        even[j + 1] = pair[1];
     }
 }
 
