@@ -44,7 +44,7 @@ pub(super) fn forward(
         return y;
     }
     let parallelism = gemm_parallelism(n);
-    let (per_thread, group) = shares_and_groups(n, GEMM_COLUMNS / p);
+    let (per_thread, group) = shares_and_groups(n, GEMM_COLUMNS / p, n * o * c * p);
     let lhs = Matrix::row_major(weight, o, c);
     y.par_chunks_mut(per_thread * o * p)
         .zip(x.par_chunks(per_thread * c * p))
@@ -87,7 +87,7 @@ pub(super) fn backward(
         return (x_grad, vec![0.0f32; o * c]);
     }
     let parallelism = gemm_parallelism(n);
-    let (per_thread, group) = shares_and_groups(n, GEMM_COLUMNS / p);
+    let (per_thread, group) = shares_and_groups(n, GEMM_COLUMNS / p, n * o * c * p);
     let weight_t = transposed(weight, o, c);
     let partials: Vec<Vec<f32>> = x_grad
         .par_chunks_mut(per_thread * c * p)

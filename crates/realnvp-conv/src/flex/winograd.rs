@@ -228,7 +228,7 @@ impl Tiles {
     /// How a batch of `n` images is shared out: `(images per thread, images per group)`,
     /// each group about [`GROUP_TILES`] tiles' worth of images transformed side by side.
     fn shares_and_groups(self, n: usize) -> (usize, usize) {
-        super::shares_and_groups(n, GROUP_TILES / self.count)
+        super::shares_and_groups(n, GROUP_TILES / self.count, usize::MAX)
     }
 
     /// [`Tiles::transform_input`] of every image of `images [n, c, h, w]`, side by side:
