@@ -507,8 +507,12 @@ fn positions_mut(v: &mut [f32], len: usize) -> [&mut [f32]; POSITIONS] {
 /// where reading the padded row two columns at a time did not.
 #[inline(always)]
 fn split_padded_row(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    even.fill(0.0);
-    odd.fill(0.0);
+    // The pairs below write odd[..w / 2] and even[1..=w / 2], an odd width's last value
+    // odd[w / 2]; only the left border and the columns past the right edge are left.
+    let cols = even.len() - 1;
+    even[0] = 0.0;
+    even[cols] = 0.0;
+    odd[cols] = 0.0;
     let pairs = row.chunks_exact(2);
     if let Some(&last) = pairs.remainder().first() {
         odd[row.len() / 2] = last;
