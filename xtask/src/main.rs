@@ -103,6 +103,10 @@ struct BenchArgs {
     /// Batches per repetition.
     #[arg(long, default_value_t = 2)]
     iterations: usize,
+    /// Measure every architecture this many times, alternating realnvp-rs and PyTorch; the
+    /// ratios printed at the end are of the medians over the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Append results to this file.
     #[arg(long, default_value = "target/bench/results.jsonl")]
     out: PathBuf,
@@ -413,6 +417,10 @@ fn torch_arguments(model: &str) -> Option<[usize; 5]> {
     })
 }
 
+/// `cargo xtask bench`: every backend and the PyTorch reference, one architecture at a
+/// time, so that the figures compared with each other are measured minutes apart rather
+/// than a whole round apart (this shared machine's speed drifts by tens of percent over
+/// minutes).
 fn bench(args: &BenchArgs) -> Result<(), String> {
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -421,7 +429,6 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let mut lines: Vec<String> = Vec::new();
     let tag = |line: &str| -> Result<String, String> {
         let trimmed = line.trim();
         let body = trimmed
@@ -430,63 +437,33 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
             .ok_or_else(|| format!("not a JSON object: {trimmed}"))?;
         Ok(format!("{{\"commit\":\"{commit}\",{body}}}"))
     };
-    let backends: &[Backend] = if args.torch_only { &[] } else { &args.backends };
-    for backend in backends {
-        let feature = backend.feature();
-        let output = Command::new(build_cli(*backend)?)
-            .args(["bench", "--models", &args.models])
-            .args(["--repeats", &args.repeats.to_string()])
-            .args(["--iterations", &args.iterations.to_string()])
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run target/release/realnvp: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "realnvp bench failed on {feature} ({})",
-                output.status
-            ));
-        }
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            lines.push(tag(line)?);
-        }
+    if args.torch.is_some() && !args.torch_script.is_file() {
+        return Err(format!(
+            "{}: no such file (pass --torch-script)",
+            args.torch_script.display()
+        ));
     }
-    if let Some(python) = &args.torch {
-        if !args.torch_script.is_file() {
-            return Err(format!(
-                "{}: no such file (pass --torch-script)",
-                args.torch_script.display()
-            ));
-        }
-        for model in args.models.split(',') {
-            let [channels, size, scales, blocks, features] =
-                torch_arguments(model).ok_or_else(|| format!("unknown model `{model}`"))?;
-            eprintln!("xtask: PyTorch reference, {model}");
-            let output = Command::new(python)
-                .arg(&args.torch_script)
-                .arg("speed")
-                .args([
-                    "--channels",
-                    &channels.to_string(),
-                    "--size",
-                    &size.to_string(),
-                ])
-                .args([
-                    "--scales",
-                    &scales.to_string(),
-                    "--blocks",
-                    &blocks.to_string(),
-                ])
-                .args(["--features", &features.to_string(), "--batch", "64"])
-                .args(["--iters", &(args.iterations * args.repeats).to_string()])
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-            if !output.status.success() {
-                return Err(format!("the PyTorch reference failed ({})", output.status));
+    let backends: &[Backend] = if args.torch_only { &[] } else { &args.backends };
+    let binaries = backends
+        .iter()
+        .map(|&backend| Ok((backend, bench_binary(backend)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut lines: Vec<String> = Vec::new();
+    for model in args.models.split(',') {
+        for round in 1..=args.rounds {
+            if args.rounds > 1 {
+                eprintln!("xtask: {model}, round {round} of {}", args.rounds);
             }
-            for line in String::from_utf8_lossy(&output.stdout).lines() {
-                let line = tag(line)?;
-                lines.push(line.replacen('{', &format!("{{\"model\":\"{model}\","), 1));
+            for (backend, binary) in &binaries {
+                for line in realnvp_bench(binary, *backend, model, args)? {
+                    lines.push(tag(&line)?);
+                }
+            }
+            if let Some(python) = &args.torch {
+                for line in torch_bench(python, model, args)? {
+                    let line = tag(&line)?;
+                    lines.push(line.replacen('{', &format!("{{\"model\":\"{model}\","), 1));
+                }
             }
         }
     }
@@ -514,30 +491,120 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Builds the CLI for `backend` and keeps a copy, `target/bench/realnvp-FEATURE`, since
+/// the next backend's build replaces `target/release/realnvp`.
+fn bench_binary(backend: Backend) -> Result<PathBuf, String> {
+    let built = build_cli(backend)?;
+    let copy = Path::new("target/bench").join(format!("realnvp-{}", backend.feature()));
+    std::fs::create_dir_all("target/bench").map_err(|e| format!("target/bench: {e}"))?;
+    std::fs::copy(built, &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+    Ok(copy)
+}
+
+/// `realnvp bench` of one architecture: its JSON lines.
+fn realnvp_bench(
+    binary: &Path,
+    backend: Backend,
+    model: &str,
+    args: &BenchArgs,
+) -> Result<Vec<String>, String> {
+    let feature = backend.feature();
+    let output = Command::new(binary)
+        .args(["bench", "--models", model])
+        .args(["--repeats", &args.repeats.to_string()])
+        .args(["--iterations", &args.iterations.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "realnvp bench failed on {feature}, {model} ({})",
+            output.status
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// The PyTorch reference's `speed` command on one architecture: its JSON lines.
+fn torch_bench(python: &Path, model: &str, args: &BenchArgs) -> Result<Vec<String>, String> {
+    let [channels, size, scales, blocks, features] =
+        torch_arguments(model).ok_or_else(|| format!("unknown model `{model}`"))?;
+    eprintln!("xtask: PyTorch reference, {model}");
+    let output = Command::new(python)
+        .arg(&args.torch_script)
+        .arg("speed")
+        .args([
+            "--channels",
+            &channels.to_string(),
+            "--size",
+            &size.to_string(),
+        ])
+        .args([
+            "--scales",
+            &scales.to_string(),
+            "--blocks",
+            &blocks.to_string(),
+        ])
+        .args(["--features", &features.to_string(), "--batch", "64"])
+        .args(["--iters", &(args.iterations * args.repeats).to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!("the PyTorch reference failed ({})", output.status));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 /// For every model measured on a Rust backend and with PyTorch in the same invocation,
 /// one line with realnvp-rs / PyTorch for training, evaluation and sampling images/s
-/// (above 1: realnvp-rs is faster) and for peak memory (below 1: it uses less).
+/// (above 1: realnvp-rs is faster) and for peak memory (below 1: it uses less). With
+/// several rounds, each side's figure is its median over the rounds.
 fn ratios_to_torch(lines: &[String]) -> Vec<String> {
     let results: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect();
-    let mut table = Vec::new();
+    let mut pairs: Vec<(&serde_json::Value, &serde_json::Value)> = Vec::new();
     for ours in results.iter().filter(|r| r["impl"] == "realnvp-rs") {
-        let Some(theirs) = results
+        let pair = (&ours["backend"], &ours["model"]);
+        if !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+    }
+    let mut table = Vec::new();
+    for (backend, model) in pairs {
+        let ours: Vec<_> = results
             .iter()
-            .find(|r| r["impl"] == "pytorch" && r["model"] == ours["model"])
-        else {
+            .filter(|r| {
+                r["impl"] == "realnvp-rs" && &r["backend"] == backend && &r["model"] == model
+            })
+            .collect();
+        let theirs: Vec<_> = results
+            .iter()
+            .filter(|r| r["impl"] == "pytorch" && &r["model"] == model)
+            .collect();
+        if theirs.is_empty() {
             continue;
-        };
-        let ratio = |key: &str| match (ours[key].as_f64(), theirs[key].as_f64()) {
+        }
+        let ratio = |key: &str| match (median(&ours, key), median(&theirs, key)) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
             _ => "-".to_string(),
         };
+        let rounds = match ours.len().min(theirs.len()) {
+            1 => String::new(),
+            n => format!(", medians of {n} rounds"),
+        };
         table.push(format!(
-            "ratio realnvp-rs ({}) / PyTorch, {}: train {}, evaluate {}, sample {} (images/s); peak RSS {}",
-            ours["backend"].as_str().unwrap_or("?"),
-            ours["model"].as_str().unwrap_or("?"),
+            "ratio realnvp-rs ({}) / PyTorch, {}: train {}, evaluate {}, sample {} (images/s); peak RSS {}{rounds}",
+            backend.as_str().unwrap_or("?"),
+            model.as_str().unwrap_or("?"),
             ratio("train_img_s"),
             ratio("eval_img_s"),
             ratio("sample_img_s"),
@@ -545,6 +612,21 @@ fn ratios_to_torch(lines: &[String]) -> Vec<String> {
         ));
     }
     table
+}
+
+/// The median of `key` over `results` (the mean of the middle two for an even count).
+fn median(results: &[&serde_json::Value], key: &str) -> Option<f64> {
+    let mut values: Vec<f64> = results.iter().filter_map(|r| r[key].as_f64()).collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    })
 }
 
 /// Builds the `realnvp` CLI in release mode with `backend` alone and returns its path.
@@ -596,5 +678,37 @@ mod tests {
                     .to_string()
             ]
         );
+    }
+
+    #[test]
+    fn several_rounds_compare_medians() {
+        let ours = |train: f64| {
+            format!(
+                r#"{{"impl":"realnvp-rs","backend":"flex (CPU)","model":"digits","train_img_s":{train},"eval_img_s":50.0,"sample_img_s":10.0,"peak_rss_mib":100.0}}"#
+            )
+        };
+        let theirs = |train: f64| {
+            format!(
+                r#"{{"model":"digits","impl":"pytorch","train_img_s":{train},"eval_img_s":100.0,"sample_img_s":10.0,"peak_rss_mib":400.0}}"#
+            )
+        };
+        // Medians 30 (of 10, 30, 90) and 20 (of 20, 20, 5); a slow round on either side
+        // does not decide the ratio.
+        let lines = [
+            ours(10.0),
+            theirs(20.0),
+            ours(30.0),
+            theirs(20.0),
+            ours(90.0),
+            theirs(5.0),
+        ];
+        assert_eq!(
+            ratios_to_torch(&lines),
+            vec![
+                "ratio realnvp-rs (flex (CPU)) / PyTorch, digits: train 1.50, evaluate 0.50, sample 1.00 (images/s); peak RSS 0.25, medians of 3 rounds"
+                    .to_string()
+            ]
+        );
+        assert_eq!(median(&[], "train_img_s"), None);
     }
 }
