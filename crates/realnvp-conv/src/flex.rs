@@ -253,8 +253,18 @@ impl LaneSums {
     /// Adds `term(v)` for every value of `values`.
     #[inline(always)]
     fn add(&mut self, values: &[f32], term: impl Fn(f32) -> f32) {
-        let mut unused = Self::new();
-        Self::add_pairs(self, &mut unused, values, values, |v, _| (term(v), 0.0));
+        const L: usize = LaneSums::LANES;
+        let mut chunks = values.chunks_exact(L);
+        for chunk in &mut chunks {
+            let chunk: &[f32; L] = chunk.try_into().unwrap();
+            for (lane, &v) in self.lanes.iter_mut().zip(chunk) {
+                *lane += term(v);
+            }
+        }
+        for (lane, &v) in self.lanes.iter_mut().zip(chunks.remainder()) {
+            *lane += term(v);
+        }
+        self.counted(values.len());
     }
 
     /// Adds `term(x, g) = (a, b)` for every pair of `xs` and `gs` (as long as each other):
@@ -282,11 +292,16 @@ impl LaneSums {
             first.lanes[i] += a;
             second.lanes[i] += b;
         }
-        for sums in [first, second] {
-            sums.pending += xs.len();
-            if sums.pending >= Self::FLUSH {
-                sums.flush();
-            }
+        first.counted(xs.len());
+        second.counted(xs.len());
+    }
+
+    /// Notes `terms` more terms in the lanes, moving them into the total every
+    /// [`LaneSums::FLUSH`].
+    fn counted(&mut self, terms: usize) {
+        self.pending += terms;
+        if self.pending >= Self::FLUSH {
+            self.flush();
         }
     }
 

@@ -228,6 +228,7 @@ impl Tiles {
     /// How a batch of `n` images is shared out: `(images per thread, images per group)`,
     /// each group about [`GROUP_TILES`] tiles' worth of images transformed side by side.
     fn shares_and_groups(self, n: usize) -> (usize, usize) {
+        // Winograd runs only on convolutions far above the one-thread threshold.
         super::shares_and_groups(n, GROUP_TILES / self.count, usize::MAX)
     }
 
@@ -341,31 +342,28 @@ impl Tiles {
         bias: Option<&[f32]>,
         images: &mut [f32],
     ) {
-        // A^T M: [output row][col][tile]; (A^T M) A: [output row][output col][tile].
-        let mut a_m = vec![0.0f32; 2 * 4 * self.count];
-        let mut y = vec![0.0f32; 4 * self.count];
+        let mut scratch = OutputScratch {
+            a_m: vec![0.0f32; 2 * 4 * self.count],
+            y: vec![0.0f32; 4 * self.count],
+        };
+        let m = Transformed { m, o, stride };
         for (i, image) in images.chunks_exact_mut(o * self.h * self.w).enumerate() {
-            let first = i * self.count;
-            self.transform_output(m, o, stride, first, bias, image, [&mut a_m, &mut y]);
+            self.transform_output(m, i * self.count, bias, image, &mut scratch);
         }
     }
 
     /// Writes `Y = A^T M A` (plus the bias) for every tile `first + t` of every output
     /// channel from `m [16, o, stride]` into `image [o, h, w]`, dropping the pixels past an
     /// odd edge, with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Like the input transform, both
-    /// halves run over all tiles at once; `a_m` and `y` are scratch of `8 * count` and
-    /// `4 * count` values.
-    #[allow(clippy::too_many_arguments)]
+    /// halves run over all tiles at once.
     #[inline(always)]
     fn transform_output(
         self,
-        m: &[f32],
-        o: usize,
-        stride: usize,
+        Transformed { m, o, stride }: Transformed,
         first: usize,
         bias: Option<&[f32]>,
         image: &mut [f32],
-        [a_m, y]: [&mut [f32]; 2],
+        OutputScratch { a_m, y }: &mut OutputScratch,
     ) {
         let count = self.count;
         for (oi, plane) in image.chunks_exact_mut(self.h * self.w).enumerate() {
@@ -493,6 +491,22 @@ struct InputScratch {
     rows_b: Vec<f32>,
     /// The even and odd columns of one padded row, `cols + 1` each.
     halves: Vec<f32>,
+}
+
+/// The output transform's buffers, kept across the images of a group.
+struct OutputScratch {
+    /// `A^T M`: `[output row][col][tile]`.
+    a_m: Vec<f32>,
+    /// `(A^T M) A`: `[output row][output col][tile]`.
+    y: Vec<f32>,
+}
+
+/// The 16 GEMMs' products `m [16, o, stride]` that the output transform reads.
+#[derive(Clone, Copy)]
+struct Transformed<'a> {
+    m: &'a [f32],
+    o: usize,
+    stride: usize,
 }
 
 /// `v [16, len]` split into its 16 positions.
