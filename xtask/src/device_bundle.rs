@@ -46,7 +46,7 @@ pub fn device_bundle(args: &DeviceBundleArgs) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     for backend in [Backend::Cuda, Backend::Wgpu] {
         let name = format!("realnvp-{}", backend.feature());
-        pack(build_cli(backend)?, out, &name)?;
+        pack(build_cli(backend, false)?, out, &name)?;
     }
     pack(&build_parity_test()?, out, "backend_parity")?;
     let torch = copy_torch_script(&args.torch_script, out)?;

@@ -72,18 +72,12 @@ struct TrainArgs {
     /// Data-parallel: device indices on this machine, e.g. `0,1,2,3`.
     #[arg(long)]
     devices: Option<String>,
-    /// Data-parallel across machines: number of nodes.
-    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
-    nodes: Option<usize>,
-    /// This machine's node rank (0 leads: it writes the run directory).
-    #[arg(long, requires = "nodes")]
-    node_rank: Option<usize>,
-    /// The orchestrator, ws://HOST:PORT (`realnvp orchestrator --port PORT`).
-    #[arg(long, requires = "nodes")]
-    orchestrator: Option<String>,
-    /// This node's address as the other nodes reach it, ws://THIS_HOST:PORT.
-    #[arg(long, requires = "nodes")]
-    node_address: Option<String>,
+    /// Train as one rank of an MPI job: builds the CLI with the `mpi` feature and passes
+    /// `--mpi` on. Launch the task itself under MPI, e.g. `mpirun -np 4 cargo xtask
+    /// train-celeba --mpi` or `srun --mpi=pmix cargo xtask train-celeba --mpi` (cargo's
+    /// build lock lets one rank build while the others wait).
+    #[arg(long, conflicts_with = "devices")]
+    mpi: bool,
     /// Further arguments for `realnvp train` (after `--`), e.g. `-- --minutes 60`.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -260,7 +254,7 @@ fn train(args: &TrainArgs, data: &Dataset) -> Result<(), String> {
             }
         ));
     }
-    let binary = build_cli(args.backend)?;
+    let binary = build_cli(args.backend, args.mpi)?;
     let mut command = Command::new(binary);
     command
         .args(["train", "--config", data.config, "--set"])
@@ -377,18 +371,14 @@ fn fetch_mnist(work: &Path, dir: &Path) -> Result<(), String> {
 
 /// The data-parallel flags given to xtask, passed on to `realnvp train` unchanged.
 fn data_parallel_arguments(args: &TrainArgs) -> Vec<String> {
-    let flags = [
-        ("--devices", args.devices.clone()),
-        ("--nodes", args.nodes.map(|n| n.to_string())),
-        ("--node-rank", args.node_rank.map(|r| r.to_string())),
-        ("--orchestrator", args.orchestrator.clone()),
-        ("--node-address", args.node_address.clone()),
-    ];
+    let mut flags = Vec::new();
+    if let Some(devices) = &args.devices {
+        flags.extend(["--devices".to_string(), devices.clone()]);
+    }
+    if args.mpi {
+        flags.push("--mpi".to_string());
+    }
     flags
-        .into_iter()
-        .filter_map(|(flag, value)| value.map(|v| [flag.to_string(), v]))
-        .flatten()
-        .collect()
 }
 
 fn check_backends() -> Result<(), String> {
@@ -494,7 +484,7 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
 /// Builds the CLI for `backend` and keeps a copy, `target/bench/realnvp-FEATURE`, since
 /// the next backend's build replaces `target/release/realnvp`.
 fn bench_binary(backend: Backend) -> Result<PathBuf, String> {
-    let built = build_cli(backend)?;
+    let built = build_cli(backend, false)?;
     let copy = Path::new("target/bench").join(format!("realnvp-{}", backend.feature()));
     std::fs::create_dir_all("target/bench").map_err(|e| format!("target/bench: {e}"))?;
     std::fs::copy(built, &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
@@ -629,10 +619,15 @@ fn median(results: &[&serde_json::Value], key: &str) -> Option<f64> {
     })
 }
 
-/// Builds the `realnvp` CLI in release mode with `backend` alone and returns its path.
-fn build_cli(backend: Backend) -> Result<&'static Path, String> {
-    let feature = backend.feature();
-    eprintln!("xtask: building realnvp with --features {feature}");
+/// Builds the `realnvp` CLI in release mode with `backend` alone (and MPI with `mpi`)
+/// and returns its path.
+fn build_cli(backend: Backend, mpi: bool) -> Result<&'static Path, String> {
+    let features = if mpi {
+        format!("{},mpi", backend.feature())
+    } else {
+        backend.feature().to_string()
+    };
+    eprintln!("xtask: building realnvp with --features {features}");
     cargo(&[
         "build",
         "--release",
@@ -640,7 +635,7 @@ fn build_cli(backend: Backend) -> Result<&'static Path, String> {
         "realnvp-cli",
         "--no-default-features",
         "--features",
-        feature,
+        &features,
     ])?;
     Ok(Path::new("target/release/realnvp"))
 }

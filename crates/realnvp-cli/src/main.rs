@@ -12,13 +12,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use realnvp_core::{ConvPrecision, Dequantization, Flow, FlowBatch, FlowConfig, RealNvpConfig};
 use realnvp_train::data::Splits;
 use realnvp_train::{
-    evaluate, load_run_model, run_config, train, train_parallel, write_samples, NodeSpec,
-    RunConfig, Split, TrainOptions, TrainSummary,
+    evaluate, load_run_model, run_config, train, train_parallel, write_samples, RunConfig, Split,
+    TrainOptions, TrainSummary,
 };
 
 mod backend;
 mod inputs;
 mod latent;
+#[cfg(feature = "mpi")]
+mod mpi_train;
 mod score;
 
 use inputs::InputArgs;
@@ -32,9 +34,10 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The device to run on: a GPU index with the CUDA and wgpu backends (0 is the first
-    /// GPU, or wgpu's default adapter); the CPU backends have only device 0.
-    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
-    device: usize,
+    /// GPU, or wgpu's default adapter); the CPU backends have only device 0. [default: 0;
+    /// with `train --mpi`, the rank's node-local rank]
+    #[arg(long, global = true, value_name = "N")]
+    device: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,14 +256,6 @@ enum Command {
         #[arg(long, default_value_t = ConvPrecision::F32, value_name = "TYPE")]
         conv_precision: ConvPrecision,
     },
-    /// Run the orchestrator of a multi-node data-parallel run (burn-collective's global
-    /// orchestrator) until Ctrl-C. It listens on all interfaces without authentication
-    /// (burn-collective fixes this): keep it on a private network.
-    Orchestrator {
-        /// The port the nodes connect to (`--orchestrator ws://THIS_HOST:PORT`).
-        #[arg(long)]
-        port: u16,
-    },
     /// Build a model from a configuration and print its latent shapes and parameter count.
     Describe {
         /// Model configuration (TOML keys of `RealNvpConfig`); the default 3x32x32 model
@@ -309,33 +304,25 @@ struct TrainArgs {
     parallel: ParallelArgs,
 }
 
-/// Data-parallel training: one worker per device, on one machine or several, gradients
-/// averaged by burn-collective's all-reduce; `train.batch_size` stays the global batch.
-/// The node servers listen on all interfaces without authentication (burn-collective
-/// fixes this): keep every node and the orchestrator on a private network.
+/// Data-parallel training: one worker per device, gradients averaged by an all-reduce;
+/// `train.batch_size` stays the global batch. `--devices` runs the workers as threads of
+/// this process; `--mpi` makes this process one rank of an MPI job, on one machine or
+/// many. MPI's TCP transport is unauthenticated and listens on every interface: keep the
+/// nodes on a private network and pin MPI to it, e.g. `mpirun --mca btl_tcp_if_include
+/// eth1 --mca oob_tcp_if_include eth1 ...`.
 #[derive(clap::Args, Debug)]
 struct ParallelArgs {
-    /// Device indices, one worker each, e.g. `0,1` (CUDA or wgpu GPUs; on the CPU backends
-    /// N workers share the one CPU device).
+    /// Device indices, one worker thread each, e.g. `0,1` (CUDA or wgpu GPUs; on the CPU
+    /// backends N workers share the one CPU device).
     #[arg(long, value_delimiter = ',', value_name = "INDICES")]
     devices: Vec<usize>,
-    /// Number of machines in a multi-node run.
-    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
-    nodes: Option<usize>,
-    /// This machine's rank, 0..nodes (node 0 leads and writes the run directory).
-    #[arg(long, requires = "nodes")]
-    node_rank: Option<usize>,
-    /// The orchestrator (`realnvp orchestrator --port PORT` on one machine),
-    /// ws://HOST:PORT.
-    #[arg(long, requires = "nodes", value_name = "URL")]
-    orchestrator: Option<String>,
-    /// This node as the other nodes reach it, ws://THIS_HOST:PORT; its data service
-    /// listens on PORT on all interfaces.
-    #[arg(long, requires = "nodes", value_name = "URL")]
-    node_address: Option<String>,
-    /// Seconds to wait for the orchestrator and the other nodes to join.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    join_timeout: u64,
+    /// This process is one rank of an MPI job: `mpirun -np N realnvp train --mpi ...`
+    /// (a hostfile for several machines) or `srun --mpi=pmix realnvp train --mpi ...`.
+    /// One process per device: each rank takes its node-local rank's device unless
+    /// `--device` says otherwise; rank 0 writes the run directory. Needs a build with
+    /// `--features mpi`.
+    #[arg(long, conflicts_with = "devices")]
+    mpi: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -370,7 +357,7 @@ type Training = Autodiff<backend::Inference>;
 type Checkpointed = Autodiff<backend::Inference, BalancedCheckpointing>;
 
 fn run(cli: Cli) -> Result<(), String> {
-    backend::select(cli.device)?;
+    backend::select(cli.device.unwrap_or(0))?;
     match cli.command {
         // A data-parallel run starts its own worker threads, so `train_command` moves only
         // a single-device run onto the compute threads.
@@ -485,12 +472,6 @@ fn run_command(command: Command) -> Result<(), String> {
             };
             bench_command(&models, settings)
         }
-        Command::Orchestrator { port } => {
-            eprintln!(
-                "orchestrator listening on port {port} (all interfaces, no authentication: keep it on a private network); Ctrl-C stops it"
-            );
-            realnvp_train::run_orchestrator(port).map_err(|e| e.to_string())
-        }
         Command::Describe { config } => describe(config),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -505,7 +486,7 @@ fn run_command(command: Command) -> Result<(), String> {
     }
 }
 
-fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
+fn train_command(args: TrainArgs, device: Option<usize>) -> Result<(), String> {
     let name = args
         .config
         .as_ref()
@@ -545,8 +526,11 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot install the Ctrl-C / SIGTERM handler: {e}"))?;
 
-    eprintln!("backend: {}", backend::NAME);
-    eprintln!("run directory: {}", run_dir.display());
+    if !args.parallel.mpi {
+        // An MPI rank says where it runs once it knows its rank.
+        eprintln!("backend: {}", backend::NAME);
+        eprintln!("run directory: {}", run_dir.display());
+    }
     let options = TrainOptions {
         run_dir: run_dir.clone(),
         resume: args.resume,
@@ -555,13 +539,16 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
         init_from: args.init_from.clone(),
     };
     let parallel = &args.parallel;
-    if device > 0 && !parallel.devices.is_empty() {
+    if let (Some(device), false) = (device, parallel.devices.is_empty()) {
         return Err(format!(
             "--device {device} and --devices {:?} both given: --devices lists every device of a data-parallel run",
             parallel.devices
         ));
     }
-    if parallel.devices.len() <= 1 && parallel.nodes.is_none() {
+    if parallel.mpi {
+        return mpi_train(&config, &options, device);
+    }
+    if parallel.devices.len() <= 1 {
         let device = match parallel.devices.first() {
             Some(&index) => backend::device_at(index)?,
             None => backend::device(),
@@ -581,52 +568,42 @@ fn train_command(args: TrainArgs, device: usize) -> Result<(), String> {
     data_parallel(&config, &options, parallel)
 }
 
-/// `realnvp train` with several devices or machines.
+/// `realnvp train --mpi`: this process is one rank of an MPI job.
+#[cfg(feature = "mpi")]
+fn mpi_train(
+    config: &RunConfig,
+    options: &TrainOptions,
+    device: Option<usize>,
+) -> Result<(), String> {
+    mpi_train::run(config, options, device)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_train(_: &RunConfig, _: &TrainOptions, _: Option<usize>) -> Result<(), String> {
+    Err("--mpi: this realnvp was built without MPI; install OpenMPI and libclang (Debian: apt-get install libopenmpi-dev openmpi-bin clang libclang-dev pkg-config) and build with `cargo build --release -p realnvp-cli --features mpi`".into())
+}
+
+/// `realnvp train --devices 0,1,...`: one worker thread per device.
 fn data_parallel(
     config: &RunConfig,
     options: &TrainOptions,
     parallel: &ParallelArgs,
 ) -> Result<(), String> {
-    let indices = if parallel.devices.is_empty() {
-        vec![0]
-    } else {
-        parallel.devices.clone()
-    };
-    let devices = indices
+    let devices = parallel
+        .devices
         .iter()
         .map(|&i| backend::device_at(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let nodes = parallel.nodes.map(|nodes| NodeSpec {
-        nodes,
-        rank: parallel.node_rank.unwrap_or(0),
-        orchestrator: parallel.orchestrator.clone().unwrap_or_default(),
-        node_address: parallel.node_address.clone().unwrap_or_default(),
-        join_timeout: std::time::Duration::from_secs(parallel.join_timeout),
-    });
-    if let Some(spec) = &nodes {
-        eprintln!(
-            "node rank {} of {}: {} worker(s) here; orchestrator {}, this node {} (its data service listens on all interfaces without authentication: keep the nodes on a private network)",
-            spec.rank,
-            spec.nodes,
-            devices.len(),
-            spec.orchestrator,
-            spec.node_address
-        );
-    } else {
-        eprintln!("data-parallel: {} workers on this machine", devices.len());
-    }
-    let node_rank = nodes.as_ref().map_or(0, |n| n.rank);
+    eprintln!("data-parallel: {} workers on this machine", devices.len());
     let outcome = if config.train.gradient_checkpointing {
-        train_parallel::<Checkpointed>(config, options, devices, nodes)
+        train_parallel::<Checkpointed>(config, options, devices)
     } else {
-        train_parallel::<Training>(config, options, devices, nodes)
+        train_parallel::<Training>(config, options, devices)
     }
     .map_err(|e| e.to_string())?;
     if let Some(summary) = &outcome.leader {
         print_summary(summary, &options.run_dir);
         print_reduce_share(summary, &outcome.reduce_seconds);
-    } else {
-        println!("node rank {node_rank}: done; the leader (node rank 0) wrote the run directory");
     }
     println!(
         "replicas identical: {} workers, model fingerprint {:016x}",

@@ -310,6 +310,14 @@ pub struct TrainSettings {
     pub keep_checkpoints: usize,
     /// Stop after this many non-finite steps in a row.
     pub max_bad_steps: u32,
+    /// MPI runs (`realnvp train --mpi`): a rank that has waited this many seconds in one
+    /// collective call (the step's all-reduce, the stop vote, the start-point broadcast)
+    /// aborts the whole job, naming the step and the ranks it heard nothing from. The
+    /// wait includes everything the other ranks do between two calls: the leader's
+    /// periodic evaluation (`eval_examples`) and checkpoint, and on a GPU the first steps'
+    /// autotuning. The default, 600 s (PyTorch's default NCCL timeout), leaves room for
+    /// all of these; lower it when a hung node costs more than a slow evaluation.
+    pub collective_timeout_seconds: f64,
 }
 
 impl Default for TrainSettings {
@@ -344,6 +352,7 @@ impl Default for TrainSettings {
             checkpoint_minutes: None,
             keep_checkpoints: 3,
             max_bad_steps: 10,
+            collective_timeout_seconds: 600.0,
         }
     }
 }
@@ -432,6 +441,12 @@ impl RunConfig {
             .is_some_and(|m| !(m > 0.0 && m.is_finite()))
         {
             return Err(bad("checkpoint_minutes", "a positive number of minutes"));
+        }
+        if !(t.collective_timeout_seconds > 0.0 && t.collective_timeout_seconds.is_finite()) {
+            return Err(bad(
+                "collective_timeout_seconds",
+                "a positive number of seconds",
+            ));
         }
         Schedule::new(t)?;
         Ok(())

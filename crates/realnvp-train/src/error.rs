@@ -51,15 +51,25 @@ pub enum TrainError {
         /// What failed, naming the worker, node or address at fault.
         message: String,
     },
-    /// A node of a multi-node run stopped answering.
-    #[error("data-parallel training: lost node rank {node_rank} ({address}): {detail}; the run can continue from its last checkpoint with --resume once every node is back (restart the orchestrator too)")]
-    NodeLost {
-        /// The node rank (`--node-rank`) that was lost.
-        node_rank: usize,
-        /// Its node address.
-        address: String,
-        /// What the liveness probe saw.
-        detail: String,
+    /// A rank of an MPI run waited longer than `train.collective_timeout_seconds` in a
+    /// collective call. MPI cannot cancel a collective call: the job is aborted after this
+    /// error is printed.
+    #[error("rank {rank} waited {waited:.0} s in {call}{} (train.collective_timeout_seconds = {limit}); {}; the newest checkpoint is intact: restart the job with --resume once every node works", step.map(|s| format!(" of step {s}")).unwrap_or_default(), silent_ranks(absent, quiet))]
+    CollectiveTimeout {
+        /// The rank that timed out.
+        rank: usize,
+        /// The collective call, in words (`the step's all-reduce`).
+        call: String,
+        /// The step it belongs to, when it belongs to one.
+        step: Option<u64>,
+        /// Seconds waited.
+        waited: f64,
+        /// The configured limit, seconds.
+        limit: f64,
+        /// The ranks that never reached this call.
+        absent: Vec<usize>,
+        /// The ranks that reached it, then stopped answering.
+        quiet: Vec<usize>,
     },
 }
 
@@ -70,10 +80,47 @@ impl TrainError {
         }
     }
 
+    /// The replicas of `differing` ranks hold other weights than that of `rank`.
+    pub(crate) fn replicas_differ(differing: &[usize], rank: usize) -> Self {
+        let list: Vec<String> = differing.iter().map(|r| r.to_string()).collect();
+        Self::collective(format!(
+            "the replicas differ at the end of the run: worker(s) {} hold other weights than worker {rank}",
+            list.join(", ")
+        ))
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
             source,
         }
     }
+}
+
+/// The ranks a timed-out rank blames, in words.
+fn silent_ranks(absent: &[usize], quiet: &[usize]) -> String {
+    let list = |ranks: &[usize]| {
+        let names: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+        match ranks {
+            [_] => format!("rank {}", names[0]),
+            _ => format!("ranks {}", names.join(", ")),
+        }
+    };
+    let mut parts = Vec::new();
+    if !absent.is_empty() {
+        parts.push(format!(
+            "{} never reached it (stopped, hung, died or far behind)",
+            list(absent)
+        ));
+    }
+    if !quiet.is_empty() {
+        parts.push(format!(
+            "{} reached it, then stopped answering",
+            list(quiet)
+        ));
+    }
+    if parts.is_empty() {
+        return "every rank reached it and still answers, so the call itself stalled (a lost connection?)".into();
+    }
+    parts.join("; ")
 }

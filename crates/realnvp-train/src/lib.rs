@@ -7,7 +7,9 @@
 //! stopping by steps, epochs or wall-clock minutes; a guard against non-finite steps; and
 //! run directories with crash-safe, resumable checkpoints, `metrics.jsonl`, sample grids
 //! and an inference export loadable by `realnvp-core` alone. [`train_parallel`] trains the
-//! same run data-parallel on several devices and machines over burn-collective.
+//! same run data-parallel on several devices of one machine over burn-collective's local
+//! all-reduce; with the `mpi` feature, `mpi_replicas::train_mpi` trains it across
+//! processes and machines on MPI (`mpirun`, Slurm's `srun`).
 //!
 //! A run directory holds `config.toml` (the resolved configuration), `model.toml`,
 //! `metrics.jsonl`, `learning-curves.png`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
@@ -21,15 +23,18 @@ pub mod evaluate;
 pub mod grid;
 mod init_from;
 mod journal;
+#[cfg(feature = "mpi")]
+pub mod mpi_replicas;
 pub mod parallel;
 pub mod plot;
 pub mod replicas;
 pub mod schedule;
+mod step_vector;
 pub mod tensorboard;
 pub mod trainer;
 
 pub use config::RunConfig;
 pub use error::TrainError;
 pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
-pub use parallel::{run_orchestrator, train_parallel, NodeSpec, ParallelSummary};
+pub use parallel::{train_parallel, ParallelSummary};
 pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary, BEST_EXPORT};

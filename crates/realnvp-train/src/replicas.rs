@@ -1,12 +1,16 @@
 //! What a worker's training step needs from the other workers of a run. One device has
-//! no others ([`Solo`]: every call gives its input back); data-parallel training
-//! ([`crate::parallel`]) answers the same calls with burn-collective's all-reduce. The
-//! step itself (`trainer`) is written once against this trait.
+//! no others ([`Solo`]: every call gives its input back); data-parallel training answers
+//! the same calls with an all-reduce: burn-collective's between the threads of one process
+//! ([`crate::parallel`]), MPI's between processes and machines (`crate::mpi_replicas`,
+//! the `mpi` feature). The step itself (`trainer`) is written once against this trait.
 
+use burn::module::Module;
 use burn::optim::GradientsParams;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use realnvp_core::Flow;
 
+use crate::checkpoint::checksum;
 use crate::error::TrainError;
 
 /// Why a run stops early, as voted by each worker before a step.
@@ -45,13 +49,15 @@ pub trait Replicas<B: AutodiffBackend> {
     fn share_from_leader(&self, bytes: Option<Vec<u8>>) -> Result<Vec<u8>, TrainError>;
 
     /// Each vote is true when any worker cast it: wall clocks and Ctrl-C differ between
-    /// workers, yet all must stop at the same step.
-    fn agree(&self, votes: StopVotes) -> Result<StopVotes, TrainError>;
+    /// workers, yet all must stop at the same step. `step` is the step about to be taken
+    /// (from 1), for error messages.
+    fn agree(&self, step: u64, votes: StopVotes) -> Result<StopVotes, TrainError>;
 
-    /// Combines this worker's step (its model after the forward pass, its gradients and
-    /// the mean bits/dim of its shard) with every other worker's.
+    /// Combines this worker's step `step` (its model after the forward pass, its gradients
+    /// and the mean bits/dim of its shard) with every other worker's.
     fn reduce_step(
         &self,
+        step: u64,
         model: Flow<B>,
         grads: GradientsParams,
         bits_per_dim: f64,
@@ -79,12 +85,13 @@ impl<B: AutodiffBackend> Replicas<B> for Solo {
         bytes.ok_or_else(|| TrainError::collective("a single worker must lead"))
     }
 
-    fn agree(&self, votes: StopVotes) -> Result<StopVotes, TrainError> {
+    fn agree(&self, _step: u64, votes: StopVotes) -> Result<StopVotes, TrainError> {
         Ok(votes)
     }
 
     fn reduce_step(
         &self,
+        _step: u64,
         model: Flow<B>,
         grads: GradientsParams,
         bits_per_dim: f64,
@@ -99,4 +106,13 @@ impl<B: AutodiffBackend> Replicas<B> for Solo {
     fn check_identical(&self, _model: &Flow<B>) -> Result<(), TrainError> {
         Ok(())
     }
+}
+
+/// FNV-1a of the model's serialised record (weights, running averages, parameter ids):
+/// equal on two workers exactly when their replicas are bit-identical.
+pub(crate) fn model_fingerprint<B: AutodiffBackend>(model: &Flow<B>) -> Result<u64, TrainError> {
+    let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(model.clone().into_record(), ())
+        .map_err(|e| TrainError::collective(format!("cannot serialise the model: {e}")))?;
+    Ok(checksum(&bytes))
 }

@@ -288,12 +288,15 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         if out_of_steps || out_of_epochs {
             return Ok(true);
         }
-        let votes = self.replicas.agree(StopVotes {
-            out_of_time: t
-                .max_minutes
-                .is_some_and(|m| self.state.elapsed_seconds >= m * 60.0),
-            interrupted: self.options.interrupt.load(Ordering::SeqCst),
-        })?;
+        let votes = self.replicas.agree(
+            self.state.step + 1,
+            StopVotes {
+                out_of_time: t
+                    .max_minutes
+                    .is_some_and(|m| self.state.elapsed_seconds >= m * 60.0),
+                interrupted: self.options.interrupt.load(Ordering::SeqCst),
+            },
+        )?;
         self.interrupted = votes.interrupted && !votes.out_of_time;
         Ok(votes.out_of_time || votes.interrupted)
     }
@@ -322,9 +325,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         let loss = bpd.clone() + self.model.scale_penalty().mul_scalar(t.scale_penalty);
         let shard_bpd: f64 = bpd.into_scalar().elem();
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let reduced = self
-            .replicas
-            .reduce_step(self.model.clone(), grads, shard_bpd)?;
+        let reduced =
+            self.replicas
+                .reduce_step(self.state.step + 1, self.model.clone(), grads, shard_bpd)?;
         self.model = reduced.model;
         let grads = reduced.grads;
         let grad_norm = gradient_norm::<B>(&self.model, &grads);

@@ -68,7 +68,7 @@ fn one_and_two_workers(config: &RunConfig) -> (Vec<f32>, Vec<f32>, ParallelSumma
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let device = Default::default();
     train::<Training>(config, &options(&one), &device).expect("one worker trains");
-    let summary = train_parallel::<Training>(config, &options(&two), vec![device; 2], None)
+    let summary = train_parallel::<Training>(config, &options(&two), vec![device; 2])
         .expect("two workers train");
     assert_replicas_identical(&two, &summary);
     (final_values(&one), final_values(&two), summary)
