@@ -318,9 +318,17 @@ struct ParallelArgs {
     devices: Vec<usize>,
     /// This process is one rank of an MPI job: `mpirun -np N realnvp train --mpi ...`
     /// (a hostfile for several machines) or `srun --mpi=pmix realnvp train --mpi ...`.
+    ///
     /// One process per device: each rank takes its node-local rank's device unless
-    /// `--device` says otherwise; rank 0 writes the run directory. Needs a build with
-    /// `--features mpi`.
+    /// `--device` says otherwise, and on the CPU its share of the node's cores; rank 0
+    /// writes the run directory. A rank that waits longer than
+    /// `train.collective_timeout_seconds` (600) for the others aborts the job. Needs a
+    /// build with `--features mpi`.
+    ///
+    /// Security: MPI's TCP transport is unauthenticated and listens on every interface.
+    /// Keep the nodes on a private network and pin MPI to it: `mpirun --mca
+    /// btl_tcp_if_include IFACE --mca oob_tcp_if_include IFACE ...` (or the
+    /// `OMPI_MCA_btl_tcp_if_include` and `OMPI_MCA_oob_tcp_if_include` variables).
     #[arg(long, conflicts_with = "devices")]
     mpi: bool,
 }
@@ -548,6 +556,11 @@ fn train_command(args: TrainArgs, device: Option<usize>) -> Result<(), String> {
     if parallel.mpi {
         return mpi_train(&config, &options, device);
     }
+    if let Some((variable, ranks)) = started_as_mpi_ranks() {
+        return Err(format!(
+            "this process is one of {ranks} started by an MPI launcher ({variable}={ranks}) but --mpi is not given: each would train the same run alone, into the same directory. Add --mpi (with a build that has `--features mpi`)"
+        ));
+    }
     if parallel.devices.len() <= 1 {
         let device = match parallel.devices.first() {
             Some(&index) => backend::device_at(index)?,
@@ -566,6 +579,17 @@ fn train_command(args: TrainArgs, device: Option<usize>) -> Result<(), String> {
         return Ok(());
     }
     data_parallel(&config, &options, parallel)
+}
+
+/// Whether an MPI launcher started this process as one of several ranks: the variable
+/// that says so (OpenMPI's mpirun, MPICH's and Slurm's PMI) and the number of ranks.
+fn started_as_mpi_ranks() -> Option<(&'static str, usize)> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .into_iter()
+        .find_map(|variable| {
+            let ranks: usize = std::env::var(variable).ok()?.parse().ok()?;
+            (ranks > 1).then_some((variable, ranks))
+        })
 }
 
 /// `realnvp train --mpi`: this process is one rank of an MPI job.

@@ -154,7 +154,7 @@ fn report(place: &RankPlace, summary: &MpiSummary, options: &TrainOptions) {
         print_summary(leader, &options.run_dir);
         let steps = summary.steps.max(1) as f64;
         println!(
-            "MPI: {} ranks on {} node(s); per step: all-reduce of {} floats ({:.1} MB) {:.1} ms, host staging {:.1} ms, {:.1}% of this invocation's {:.1} s",
+            "MPI: {} ranks on {} node(s); per step: all-reduce of {} floats ({:.1} MB) {:.1} ms, host staging {:.1} ms ({:.1}% of this invocation's {:.1} s), waiting for the slowest rank {:.1} ms",
             place.ranks,
             place.nodes,
             summary.step_floats,
@@ -163,7 +163,8 @@ fn report(place: &RankPlace, summary: &MpiSummary, options: &TrainOptions) {
             1e3 * summary.staging_seconds / steps,
             100.0 * (summary.all_reduce_seconds + summary.staging_seconds)
                 / leader.session_seconds.max(1e-9),
-            leader.session_seconds
+            leader.session_seconds,
+            1e3 * summary.waiting_seconds / steps,
         );
     }
     println!(

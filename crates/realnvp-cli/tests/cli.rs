@@ -917,3 +917,44 @@ fn tensorboard_reads_back_the_metrics_and_samples_of_a_resumed_run() {
         );
     }
 }
+
+/// Started by an MPI launcher as one of several ranks but without `--mpi`, `train` refuses
+/// to start (every rank would train the same run alone into the same directory) and says
+/// to add `--mpi`; nothing is written.
+#[test]
+fn ranks_of_an_mpi_launch_without_mpi_refuse_to_train() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_realnvp"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .args([
+            "train",
+            "--out",
+            run.to_str().expect("utf-8"),
+            "--steps",
+            "1",
+        ])
+        .output()
+        .expect("the binary runs");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("OMPI_COMM_WORLD_SIZE=2") && err.contains("Add --mpi"),
+        "{err}"
+    );
+    assert!(!run.exists(), "nothing written");
+}
+
+/// `train --mpi` on a build without the `mpi` feature says how to get one.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn mpi_needs_a_build_with_the_feature() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = train(&dir.path().join("run"), &["--mpi"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--features mpi") && err.contains("libopenmpi-dev"),
+        "{err}"
+    );
+}
