@@ -28,11 +28,8 @@ pub fn run(
     } else {
         0
     });
-    let chosen = backend::device_at(index).and_then(|d| {
-        backend::select(index)?;
-        Ok(d)
-    });
-    let chosen = match chosen {
+    // `main` has checked an explicit `--device` against the backend.
+    let chosen = match backend::device_at(index) {
         Ok(device) => device,
         Err(message) => fail(place.rank, &message),
     };
@@ -64,7 +61,8 @@ pub fn run(
     match outcome {
         Ok(summary) => {
             report(&place, &summary, &options);
-            // MPI_Finalize: waits for the other ranks (rank 0 still evaluates and exports).
+            // No MPI_Abort once MPI is finalised: the default panic hook again.
+            drop(std::panic::take_hook());
             drop(job);
             Ok(())
         }
@@ -112,17 +110,23 @@ impl Threads {
 fn compute_threads(place: &RankPlace) -> Threads {
     if let Ok(value) = std::env::var("RAYON_NUM_THREADS") {
         return Threads {
-            count: value.parse().unwrap_or(0),
-            why: "RAYON_NUM_THREADS".into(),
+            count: rayon::current_num_threads(),
+            why: format!("RAYON_NUM_THREADS={value}"),
         };
     }
     let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
     let node = online_cores().unwrap_or(allowed);
-    let count = allowed.min(node / place.local_ranks.max(1)).max(1);
-    let why = format!(
+    let share = node / place.local_ranks.max(1);
+    let count = allowed.min(share).max(1);
+    let mut why = format!(
         "{node} cores on the node, {} rank(s) there, {allowed} allowed to this rank",
         place.local_ranks
     );
+    if allowed < share {
+        why.push_str(&format!(
+            "; mpirun bound this rank to {allowed} core(s): give it its {share} with `mpirun --bind-to none` or `--map-by slot:PE={share}`"
+        ));
+    }
     if let Err(e) = rayon::ThreadPoolBuilder::new()
         .num_threads(count)
         .build_global()

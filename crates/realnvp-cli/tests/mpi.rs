@@ -1,11 +1,14 @@
 //! `realnvp train --mpi` under OpenMPI's `mpirun`, on loopback only: two ranks against
 //! the in-process two-worker run, two "nodes" started as mpirun starts them across
 //! machines, and the failures (a killed rank, a corrupt image in one rank's shard, a
-//! stopped rank). Every wait is bounded; each job runs in its own process group, killed
-//! whole when a test gives up. OpenMPI's TCP transports listen on ports the kernel picks,
-//! so parallel CI jobs do not collide.
+//! stopped rank). Every wait is bounded; a test that gives up kills mpirun and every
+//! process it started (OpenMPI puts each rank in a process group of its own, so they are
+//! found through /proc). OpenMPI's TCP transports listen on ports the kernel picks, so
+//! parallel CI jobs do not collide.
 //!
-//! Needs `mpirun` on PATH and a build with `--features mpi` (`.ci/run` installs OpenMPI).
+//! Needs `mpirun` on PATH and a build with `--features mpi` (`.ci/run` installs Debian's
+//! OpenMPI 4.1; the option names `plm_rsh_agent`, `rtc_hwloc_vmhole` and
+//! `oob_tcp_if_include` are OpenMPI 4's).
 #![cfg(feature = "mpi")]
 
 use std::os::unix::process::CommandExt;
@@ -97,10 +100,61 @@ fn finish_within(mut child: Child, limit: Duration, what: &str) -> (Output, Dura
     }
 }
 
+/// Kills `child` (mpirun) and every process below it: the ranks, and on two "nodes" the
+/// daemons and their ranks.
 fn kill_group(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .status();
+    let mut doomed = vec![child.id()];
+    let mut found = 0;
+    while found < doomed.len() {
+        found = doomed.len();
+        for (pid, ppid) in processes() {
+            if doomed.contains(&ppid) && !doomed.contains(&pid) {
+                doomed.push(pid);
+            }
+        }
+    }
+    for pid in doomed {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+/// Every process as (pid, parent pid), from /proc.
+fn processes() -> Vec<(u32, u32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: the command name may hold spaces.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// Kills the given ranks when dropped, also when a test fails: a stopped rank must not
+/// outlive its test.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 fn run_job(command: &mut Command, limit: Duration, what: &str) -> Output {
@@ -263,20 +317,8 @@ fn rank_pids(mpirun: &Child, ranks: usize) -> Vec<u32> {
     let started = Instant::now();
     loop {
         let mut pids = vec![None; ranks];
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // `pid (comm) state ppid ...`: the command name may hold spaces.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid != Some(parent) {
-                continue;
-            }
-            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        for (pid, _) in processes().into_iter().filter(|&(_, ppid)| ppid == parent) {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
             let rank = environ
                 .split(|&b| b == 0)
                 .filter_map(|var| std::str::from_utf8(var).ok())
@@ -359,6 +401,7 @@ fn a_killed_rank_ends_the_job_and_resume_completes_it() {
     let run = dir.path().join("run");
     let job = mpirun(2, &[], &run, &args).spawn().expect("mpirun starts");
     let pids = rank_pids(&job, 2);
+    let _cleanup = KillOnDrop(pids.clone());
     wait_for_checkpoints(&run, 3, &job);
     signal(pids[1], "KILL");
     let (output, took) = finish_within(job, Duration::from_secs(60), "the job with a killed rank");
@@ -406,15 +449,11 @@ fn a_stopped_rank_is_caught_by_the_collective_timeout() {
     let args = [&SMALL[..], &LONG[..], &timeout[..]].concat();
     let job = mpirun(2, &[], &run, &args).spawn().expect("mpirun starts");
     let pids = rank_pids(&job, 2);
+    // Whatever happens, leave no stopped process behind.
+    let _cleanup = KillOnDrop(pids.clone());
     wait_for_checkpoints(&run, 2, &job);
     signal(pids[1], "STOP");
     let (output, took) = finish_within(job, Duration::from_secs(35), "the job with a stopped rank");
-    // Whatever happens, leave no stopped process behind.
-    for &pid in &pids {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
     let err = text(&output.stderr);
     assert!(!output.status.success(), "{err}");
     eprintln!("stopped rank: the job ended {took:?} after the stop");
@@ -558,4 +597,56 @@ checkpoint_every = 1
     for line in metrics.lines() {
         serde_json::from_str::<serde_json::Value>(line).expect("whole metrics lines");
     }
+}
+
+/// Ranks started with different training settings (mpirun's `A : B` form) stop at the
+/// start, each naming the other rank, before any step.
+#[test]
+fn ranks_with_different_settings_stop_at_the_start() {
+    let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let rank = |learning_rate: &str| {
+        [
+            "-np",
+            "1",
+            realnvp(),
+            "train",
+            "--mpi",
+            "--out",
+            path(&run),
+            "--steps",
+            "2",
+            "--set",
+            learning_rate,
+        ]
+        .map(String::from)
+    };
+    let mut command = Command::new("mpirun");
+    command
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .args(LOOPBACK)
+        .args(rank("train.learning_rate=1e-3"))
+        .arg(":")
+        .args(rank("train.learning_rate=2e-3"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = run_job(
+        &mut command,
+        Duration::from_secs(60),
+        "ranks with different settings",
+    );
+    let err = text(&output.stderr);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "rank 1's run configuration (model and training settings) differs from rank 0's"
+        ) || err.contains(
+            "rank 0's run configuration (model and training settings) differs from rank 1's"
+        ),
+        "{err}"
+    );
+    assert!(checkpoints(&run).is_empty(), "no step was taken");
 }

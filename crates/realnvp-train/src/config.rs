@@ -311,12 +311,14 @@ pub struct TrainSettings {
     /// Stop after this many non-finite steps in a row.
     pub max_bad_steps: u32,
     /// MPI runs (`realnvp train --mpi`): a rank that has waited this many seconds in one
-    /// collective call (the step's all-reduce, the stop vote, the start-point broadcast)
-    /// aborts the whole job, naming the step and the ranks it heard nothing from. The
-    /// wait includes everything the other ranks do between two calls: the leader's
-    /// periodic evaluation (`eval_examples`) and checkpoint, and on a GPU the first steps'
-    /// autotuning. The default, 600 s (PyTorch's default NCCL timeout), leaves room for
-    /// all of these; lower it when a hung node costs more than a slow evaluation.
+    /// collective call (the step's all-reduce, the stop vote, the start-point broadcast,
+    /// the final comparison, the end of the run) aborts the whole job, naming the step and
+    /// the ranks it heard nothing from. The wait includes everything the other ranks do
+    /// between two calls: the leader's periodic evaluation (`eval_examples`) and
+    /// checkpoint, its final evaluation on the whole test split and export, and on a GPU
+    /// the first steps' autotuning. The default, 600 s (PyTorch's default NCCL timeout),
+    /// leaves room for all of these; lower it when a hung node costs more than a slow
+    /// evaluation.
     pub collective_timeout_seconds: f64,
 }
 

@@ -48,17 +48,17 @@ pub enum TrainError {
     /// A collective operation between data-parallel workers failed.
     #[error("data-parallel training: {message}")]
     Collective {
-        /// What failed, naming the worker, node or address at fault.
+        /// What failed, naming the worker or rank at fault.
         message: String,
     },
     /// A rank of an MPI run waited longer than `train.collective_timeout_seconds` in a
     /// collective call. MPI cannot cancel a collective call: the job is aborted after this
     /// error is printed.
-    #[error("rank {rank} waited {waited:.0} s in {call}{} (train.collective_timeout_seconds = {limit}); {}; the newest checkpoint is intact: restart the job with --resume once every node works", step.map(|s| format!(" of step {s}")).unwrap_or_default(), silent_ranks(absent, quiet))]
+    #[error("rank {rank} waited {waited:.0} s in {call}{} (train.collective_timeout_seconds = {limit}); {}; the newest checkpoint, if one was written, is intact: restart the job with --resume once every node works", step.map(|s| format!(" of step {s}")).unwrap_or_default(), silent_ranks(absent, quiet))]
     CollectiveTimeout {
         /// The rank that timed out.
         rank: usize,
-        /// The collective call, in words (`the step's all-reduce`).
+        /// The collective call, in words (`the all-reduce`).
         call: String,
         /// The step it belongs to, when it belongs to one.
         step: Option<u64>,

@@ -9,7 +9,7 @@
 //! - `share_from_leader`: a broadcast of the length, then of the bytes;
 //! - `agree`: an all-reduce (maximum) of the votes;
 //! - `reduce_step`: one all-reduce (sum) of the step's flat vector
-//!   ([`crate::step_vector`]), copied from the device and back;
+//!   (`step_vector`), copied from the device and back;
 //! - `check_identical`: an all-gather of every rank's model fingerprint.
 //!
 //! Failure never hangs. MPI itself ends the job when a process dies (mpirun notices a
@@ -20,7 +20,10 @@
 //! once a second. A rank that has waited longer than `train.collective_timeout_seconds`
 //! names the step, the ranks that never arrived and those that arrived but fell silent,
 //! and aborts the job. MPI cannot cancel a collective call, so `MPI_Abort` is the only way
-//! out; checkpoints are written atomically, so the newest one stays intact.
+//! out; checkpoints are written atomically, so the newest one stays intact. The last call
+//! waits for rank 0's final evaluation and export, so that no rank waits unwatched in
+//! `MPI_Finalize`; only the calls of `MPI_Init` and the communicator set-up at the start
+//! are not watched.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -37,6 +40,7 @@ use mpi::traits::*;
 use mpi::Threading;
 use realnvp_core::{AutodiffConvBackend, Flow};
 
+use crate::checkpoint::checksum;
 use crate::config::RunConfig;
 use crate::data::Splits;
 use crate::error::TrainError;
@@ -77,9 +81,9 @@ impl MpiJob {
     pub fn init() -> Result<Self, TrainError> {
         let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or_else(|| TrainError::collective("MPI was already initialised in this process"))?;
-        if threading < Threading::Serialized {
+        if threading < Threading::Multiple {
             return Err(TrainError::collective(format!(
-                "this MPI library offers thread support {threading:?}; realnvp needs at least MPI_THREAD_SERIALIZED (OpenMPI 4 offers MPI_THREAD_MULTIPLE)"
+                "this MPI library offers thread support {threading:?}; realnvp needs MPI_THREAD_MULTIPLE (it trains on a compute thread and aborts from any thread), which OpenMPI 4 and MPICH offer"
             )));
         }
         let world = universe.world();
@@ -149,13 +153,12 @@ pub fn train_mpi<B: AutodiffConvBackend>(
     options: &TrainOptions,
     device: &B::Device,
 ) -> Result<MpiSummary, TrainError> {
-    let replicas = MpiReplicas::<B>::new(
-        job,
-        device,
-        Duration::from_secs_f64(config.train.collective_timeout_seconds),
-    );
+    let replicas = MpiReplicas::<B>::new(job, device, config);
     let splits = Splits::load(&config.data, config.train.seed)?;
     let leader = run_worker::<B, _>(config, options, splits, device, &replicas)?;
+    // The others wait (watched) while rank 0 evaluates and exports, rather than in
+    // `MPI_Finalize`, which no timeout covers.
+    replicas.finish()?;
     Ok(MpiSummary {
         leader,
         fingerprint: replicas
@@ -171,11 +174,12 @@ pub fn train_mpi<B: AutodiffConvBackend>(
 }
 
 /// A rank that has waited this long for the others to arrive stops spinning and polls
-/// once a millisecond: a long wait is another rank's evaluation or checkpoint, and
+/// once every [`POLL_EVERY`]: a long wait is another rank's evaluation or checkpoint, and
 /// spinning through it would take a core from that rank on a shared node. Once all have
 /// arrived, the call itself is polled without pause: MPI's non-blocking collectives move
 /// their data only inside these polls.
 const SPIN_FOR: Duration = Duration::from_millis(200);
+/// The polling period of a long wait.
 const POLL_EVERY: Duration = Duration::from_millis(1);
 
 /// How to wait between two polls.
@@ -186,51 +190,75 @@ enum Poll {
     /// Inside the call: spin.
     Spin,
 }
-/// After waiting this long in one call, a rank tells the others once a second that it is
-/// still there; a rank unheard for [`QUIET_AFTER`] stopped answering.
+
+/// After waiting this long in one call, a rank tells the ranks waiting in the same call,
+/// once every this long, that it is still there.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A rank that arrived but has not been heard from for this long stopped answering; it is
+/// sent no more heartbeats (a stopped process reads none, and unread messages would
+/// fill MPI's buffers).
 const QUIET_AFTER: Duration = Duration::from_secs(3);
 /// A gap this long between two polls means this process itself did not run (stopped,
 /// or starved): the time is not counted against the others.
 const PAUSED_GAP: Duration = Duration::from_secs(2);
-/// Message tags on the notices communicator.
+/// Message tag of the arrival notices.
 const ARRIVAL: i32 = 0;
+/// Message tag of the heartbeats.
 const HEARTBEAT: i32 = 1;
+/// The largest piece of the start state broadcast at once (MPI counts are `i32`).
+const BROADCAST_PIECE: usize = 1 << 30;
 
 /// The collective calls of a run, for arrival notices and error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
-    Start,
+    /// The start-point broadcast, with a fingerprint of the rank's run configuration.
+    Start(u64),
     Vote(u64),
     Step(u64),
     End,
+    /// Rank 0's final evaluation and export are done.
+    Done,
 }
 
 impl Call {
-    /// The call as two numbers (kind, step), compared between ranks: every rank must make the same
-    /// calls in the same order.
+    /// The call as two numbers (kind, step or settings), compared between ranks: every
+    /// rank must make the same calls in the same order, with the same settings.
     fn code(self) -> [u64; 2] {
         match self {
-            Call::Start => [0, 0],
+            Call::Start(settings) => [0, settings],
             Call::Vote(step) => [1, step],
             Call::Step(step) => [2, step],
             Call::End => [3, 0],
+            Call::Done => [4, 0],
         }
+    }
+
+    /// The call of `code` (what another rank sent).
+    fn from_code([kind, value]: [u64; 2]) -> Option<Self> {
+        Some(match kind {
+            0 => Call::Start(value),
+            1 => Call::Vote(value),
+            2 => Call::Step(value),
+            3 => Call::End,
+            4 => Call::Done,
+            _ => return None,
+        })
     }
 
     fn words(self) -> &'static str {
         match self {
-            Call::Start => "the start-point broadcast",
+            Call::Start(_) => "the start-point broadcast",
             Call::Vote(_) => "the stop vote",
             Call::Step(_) => "the all-reduce",
             Call::End => "the final comparison of the replicas",
+            Call::Done => "the end of the run (rank 0's final evaluation and export)",
         }
     }
 
     fn step(self) -> Option<u64> {
         match self {
             Call::Vote(step) | Call::Step(step) => Some(step),
-            Call::Start | Call::End => None,
+            Call::Start(_) | Call::End | Call::Done => None,
         }
     }
 }
@@ -255,6 +283,8 @@ struct MpiReplicas<B: AutodiffBackend> {
     ranks: usize,
     device: B::Device,
     timeout: Duration,
+    /// Fingerprint of this rank's model and training settings (every rank's must match).
+    settings: u64,
     /// Collective calls so far, numbered in every arrival notice.
     calls: Cell<u64>,
     /// The step vector of the last all-reduce, the next one's receive buffer.
@@ -269,7 +299,7 @@ struct MpiReplicas<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> MpiReplicas<B> {
-    fn new(job: &MpiJob, device: &B::Device, timeout: Duration) -> Self {
+    fn new(job: &MpiJob, device: &B::Device, config: &RunConfig) -> Self {
         let world = SimpleCommunicator::world();
         Self {
             notices: world.duplicate(),
@@ -277,7 +307,8 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
             rank: job.place.rank,
             ranks: job.place.ranks,
             device: device.clone(),
-            timeout,
+            timeout: Duration::from_secs_f64(config.train.collective_timeout_seconds),
+            settings: settings_fingerprint(config),
             calls: Cell::new(0),
             spare: Cell::new(Vec::new()),
             fingerprint: Cell::new(None),
@@ -294,6 +325,7 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
     /// every other rank has said the same. Returns the wait's state: the call's deadline
     /// runs from here.
     fn arrive(&self, call: Call) -> Result<Waiting, TrainError> {
+        self.drain_heartbeats(None);
         let number = self.calls.get() + 1;
         self.calls.set(number);
         let mut waiting = Waiting::new(call, number, self.ranks);
@@ -337,12 +369,23 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
             }
         });
         for (&peer, got) in peers.iter().zip(&inbox) {
-            if *got != notice {
-                return Err(TrainError::collective(format!(
-                    "rank {peer} is at collective call {} (kind {}, step {}) while rank {} is at call {number} ({call}): the ranks run different code or settings",
-                    got[0], got[1], got[2], self.rank
-                )));
+            if *got == notice {
+                continue;
             }
+            let theirs = Call::from_code([got[1], got[2]]);
+            return Err(TrainError::collective(match (theirs, call) {
+                (Some(Call::Start(_)), Call::Start(_)) => format!(
+                    "rank {peer}'s run configuration (model and training settings) differs from rank {}'s: give every rank the same --config and --set (a rank without the run directory cannot read its config.toml: pass --config)",
+                    self.rank
+                ),
+                (Some(theirs), _) => format!(
+                    "rank {peer} is at collective call {} ({theirs}) while rank {} is at call {number} ({call}): the ranks run different versions or settings",
+                    got[0], self.rank
+                ),
+                (None, _) => format!(
+                    "rank {peer} sent an unknown collective call {got:?}: the ranks run different versions of realnvp"
+                ),
+            }));
         }
         Ok(waiting)
     }
@@ -385,19 +428,33 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
         }
     }
 
-    /// Sends this rank's heartbeat when due, and notes the heartbeats that came in (those
-    /// of earlier calls are stale and dropped).
+    /// Sends this rank's heartbeat when due, to the ranks waiting in the same call that
+    /// still answer, and notes the heartbeats that came in.
     fn exchange_heartbeats(&self, waiting: &mut Waiting, now: Instant) {
         if waiting.next_heartbeat.is_none_or(|due| now >= due) {
             let beat = [waiting.number];
             for peer in (0..self.ranks).filter(|&r| r != self.rank) {
-                // 8 bytes: sent eagerly, whether or not the peer is listening.
-                self.notices
-                    .process_at_rank(peer as i32)
-                    .send_with_tag(&beat[..], HEARTBEAT);
+                let answering = [waiting.arrived[peer], waiting.heard[peer]]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| now - t < QUIET_AFTER);
+                if answering {
+                    // 8 bytes, a few per peer at most: sent eagerly, whether or not the
+                    // peer is listening.
+                    self.notices
+                        .process_at_rank(peer as i32)
+                        .send_with_tag(&beat[..], HEARTBEAT);
+                }
             }
             waiting.next_heartbeat = Some(now + HEARTBEAT_EVERY);
         }
+        self.drain_heartbeats(Some((waiting, now)));
+    }
+
+    /// Receives every heartbeat that has come in. With `waiting`, a heartbeat from this
+    /// call or a later one (a rank that already left it) is a sign of life; earlier ones
+    /// are stale and dropped.
+    fn drain_heartbeats(&self, mut waiting: Option<(&mut Waiting, Instant)>) {
         while let Some(status) = self
             .notices
             .any_process()
@@ -408,8 +465,10 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
             self.notices
                 .process_at_rank(peer)
                 .receive_into_with_tag(&mut beat[..], HEARTBEAT);
-            if beat[0] == waiting.number {
-                waiting.heard[peer as usize] = Some(now);
+            if let Some((waiting, now)) = waiting.as_mut() {
+                if beat[0] >= waiting.number {
+                    waiting.heard[peer as usize] = Some(*now);
+                }
             }
         }
     }
@@ -443,7 +502,7 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
     /// `values` summed element-wise over every rank, under `waiting`'s deadline. The sum
     /// lands in the buffer that held the previous call's values (already in memory:
     /// fresh pages would be faulted in during the transfer, which made a CIFAR-10 step's
-    /// all-reduce 5 times slower through shared memory), and `values` becomes the next
+    /// all-reduce take 80 to 700 ms instead of 45 through shared memory), and `values` becomes the next
     /// call's.
     fn sum_floats(&self, values: Vec<f32>, waiting: &mut Waiting) -> Vec<f32> {
         let mut summed = self.spare.take();
@@ -494,6 +553,29 @@ impl Waiting {
     }
 }
 
+impl<B: AutodiffBackend> MpiReplicas<B> {
+    /// The last call of a run: every rank waits for rank 0's final evaluation and export.
+    fn finish(&self) -> Result<(), TrainError> {
+        let mut waiting = self.arrive(Call::Done)?;
+        let request = self.world.immediate_barrier();
+        self.wait(request, &mut waiting);
+        Ok(())
+    }
+}
+
+/// A fingerprint of what every rank must share: the model and training settings of the
+/// configuration (data paths may differ between machines).
+fn settings_fingerprint(config: &RunConfig) -> u64 {
+    let text = [
+        toml::to_string(&config.model),
+        toml::to_string(&config.vector_model),
+        toml::to_string(&config.train),
+    ]
+    .map(|part| part.unwrap_or_default())
+    .concat();
+    checksum(text.as_bytes())
+}
+
 impl<B: AutodiffConvBackend> Replicas<B> for MpiReplicas<B> {
     fn rank(&self) -> usize {
         self.rank
@@ -504,7 +586,7 @@ impl<B: AutodiffConvBackend> Replicas<B> for MpiReplicas<B> {
     }
 
     fn share_from_leader(&self, bytes: Option<Vec<u8>>) -> Result<Vec<u8>, TrainError> {
-        let mut waiting = self.arrive(Call::Start)?;
+        let mut waiting = self.arrive(Call::Start(self.settings))?;
         let leader = self.world.process_at_rank(0);
         let mut len = bytes.as_ref().map_or(0, |b| b.len() as u64);
         mpi::request::scope(|scope| {
@@ -512,10 +594,12 @@ impl<B: AutodiffConvBackend> Replicas<B> for MpiReplicas<B> {
             self.wait(request, &mut waiting);
         });
         let mut shared = bytes.unwrap_or_else(|| vec![0u8; len as usize]);
-        mpi::request::scope(|scope| {
-            let request = leader.immediate_broadcast_into(scope, &mut shared[..]);
-            self.wait(request, &mut waiting);
-        });
+        for piece in shared.chunks_mut(BROADCAST_PIECE) {
+            mpi::request::scope(|scope| {
+                let request = leader.immediate_broadcast_into(scope, piece);
+                self.wait(request, &mut waiting);
+            });
+        }
         Ok(shared)
     }
 

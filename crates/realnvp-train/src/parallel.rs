@@ -8,7 +8,7 @@
 //! - the leader (rank 0) makes the start point (fresh weights or the newest checkpoint) and
 //!   hands it to every worker, so all replicas start from the same weights, the same
 //!   `ParamId`s and the same optimiser state; only the leader needs the run directory;
-//! - every step carries one all-reduce of one flat vector ([`crate::step_vector`]): every
+//! - every step carries one all-reduce of one flat vector (`step_vector`): every
 //!   gradient, every batch-norm running average, and the shard's bits/dim. Averaging the
 //!   gradients of equal shards gives the gradient of the whole batch's loss, so
 //!   `train.batch_size` stays the global batch. Batch-norm batch statistics are taken per
