@@ -55,23 +55,30 @@ fn realnvp() -> &'static str {
     env!("CARGO_BIN_EXE_realnvp")
 }
 
-/// `mpirun -np <ranks> [launch...] realnvp train --mpi --out <run> [args...]`, one compute
-/// thread per rank, in a process group of its own.
-fn mpirun(ranks: usize, launch: &[&str], run: &Path, args: &[&str]) -> Command {
+/// `mpirun` on loopback only, one compute thread per rank, its output captured, in a
+/// process group of its own; the caller adds the ranks and what they run.
+fn mpirun_on_loopback() -> Command {
     let mut command = Command::new("mpirun");
     command
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("RAYON_NUM_THREADS", "1")
-        .args(["-np", &ranks.to_string(), "--oversubscribe"])
         .args(["-x", "RAYON_NUM_THREADS"])
         .args(LOOPBACK)
-        .args(launch)
-        .args([realnvp(), "train", "--mpi", "--out", path(run)])
-        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    command
+}
+
+/// `mpirun -np <ranks> [launch...] realnvp train --mpi --out <run> [args...]`.
+fn mpirun(ranks: usize, launch: &[&str], run: &Path, args: &[&str]) -> Command {
+    let mut command = mpirun_on_loopback();
+    command
+        .args(["-np", &ranks.to_string(), "--oversubscribe"])
+        .args(launch)
+        .args([realnvp(), "train", "--mpi", "--out", path(run)])
+        .args(args);
     command
 }
 
@@ -622,17 +629,11 @@ fn ranks_with_different_settings_stop_at_the_start() {
         ]
         .map(String::from)
     };
-    let mut command = Command::new("mpirun");
+    let mut command = mpirun_on_loopback();
     command
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("RAYON_NUM_THREADS", "1")
-        .args(LOOPBACK)
         .args(rank("train.learning_rate=1e-3"))
         .arg(":")
-        .args(rank("train.learning_rate=2e-3"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(rank("train.learning_rate=2e-3"));
     let output = run_job(
         &mut command,
         Duration::from_secs(60),
