@@ -7,7 +7,7 @@ mod chosen {
     pub const NAME: &str = "cuda";
 
     /// CUDA device `index`.
-    pub fn device_at(index: usize) -> Result<burn::backend::cuda::CudaDevice, String> {
+    pub fn device_at(index: usize) -> anyhow::Result<burn::backend::cuda::CudaDevice> {
         Ok(burn::backend::cuda::CudaDevice::new(index))
     }
 }
@@ -18,7 +18,7 @@ mod chosen {
     pub const NAME: &str = "wgpu";
 
     /// wgpu device `index`: the default adapter for 0, else the index-th discrete GPU.
-    pub fn device_at(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, String> {
+    pub fn device_at(index: usize) -> anyhow::Result<burn::backend::wgpu::WgpuDevice> {
         Ok(match index {
             0 => burn::backend::wgpu::WgpuDevice::DefaultDevice,
             i => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
@@ -53,13 +53,22 @@ compile_error!("enable one backend feature: flex, ndarray, wgpu or cuda");
 
 pub use chosen::{device_at, Inference, NAME};
 
+/// Training: the chosen backend under autodiff.
+pub type Training = burn::backend::Autodiff<Inference>;
+
+/// Training with Burn's gradient checkpointing (`train.gradient_checkpointing`).
+pub type Checkpointed = burn::backend::Autodiff<
+    Inference,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;
+
 /// The device type of the chosen backend.
 pub type Device = <Inference as burn::tensor::backend::BackendTypes>::Device;
 
 /// The CPU backends have one device; every index names it, so that `--devices 0,1`
 /// runs two data-parallel workers on the one CPU (for testing the plumbing).
 #[allow(dead_code)]
-pub fn cpu_device_at(_index: usize) -> Result<Device, String> {
+pub fn cpu_device_at(_index: usize) -> anyhow::Result<Device> {
     Ok(Default::default())
 }
 
@@ -68,12 +77,12 @@ static SELECTED: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
 
 /// Chooses this invocation's device (`--device N`): the N-th GPU on CUDA and wgpu. The CPU
 /// backends have one device, 0; a higher index is an error that says so.
-pub fn select(index: usize) -> Result<(), String> {
+pub fn select(index: usize) -> anyhow::Result<()> {
     let gpu = cfg!(any(feature = "cuda", feature = "wgpu"));
     if !gpu && index > 0 {
-        return Err(format!(
+        anyhow::bail!(
             "--device {index}: the {NAME} backend has one device, 0 (GPU indices need a build with `--features cuda` or `--features wgpu`)"
-        ));
+        );
     }
     let device = device_at(index)?;
     // A second call (tests calling `run` twice) keeps the first choice.

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, bail, Context};
 use realnvp_core::RealNvpConfig;
 use realnvp_data::folder::{FolderPreset, ImageFolder, ImageFolderConfig};
 use realnvp_data::loader::ImageSource;
 use realnvp_data::ImageArray;
 use realnvp_train::data::Splits;
-use realnvp_train::run_config;
+use realnvp_train::run_dir::RunDir;
 
 /// Where the images of a command come from.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,7 +37,7 @@ pub struct Images {
 
 impl InputArgs {
     /// Reads the images for a model with `config` trained in `run`.
-    pub fn load(&self, run: &Path, config: &RealNvpConfig) -> Result<Images, String> {
+    pub fn load(&self, run: &RunDir, config: &RealNvpConfig) -> anyhow::Result<Images> {
         if self.test_examples.is_empty() {
             let mut all: Option<Images> = None;
             for input in &self.inputs {
@@ -50,7 +51,7 @@ impl InputArgs {
                     }
                 });
             }
-            all.ok_or_else(|| "give --input or --test-examples".to_string())
+            all.ok_or_else(|| anyhow!("give --input or --test-examples"))
         } else {
             test_examples(run, &self.test_examples)
         }
@@ -58,25 +59,24 @@ impl InputArgs {
 }
 
 /// The examples `indices` of the test split of the data set `run` was trained on.
-pub fn test_examples(run: &Path, indices: &[usize]) -> Result<Images, String> {
-    let run_config = run_config(run).map_err(|e| e.to_string())?;
-    let splits =
-        Splits::load(&run_config.data, run_config.train.seed).map_err(|e| e.to_string())?;
+pub fn test_examples(run: &RunDir, indices: &[usize]) -> anyhow::Result<Images> {
+    let run_config = run.config()?;
+    let splits = Splits::load(&run_config.data, run_config.train.seed)?;
     let Splits::Images { test, .. } = splits else {
-        return Err("--test-examples needs an image data set".into());
+        bail!("--test-examples needs an image data set");
     };
     split_examples(&test, indices)
 }
 
 /// The examples `indices` of an image split.
-pub fn split_examples(split: &ImageSource, indices: &[usize]) -> Result<Images, String> {
+pub fn split_examples(split: &ImageSource, indices: &[usize]) -> anyhow::Result<Images> {
     if let Some(&bad) = indices.iter().find(|&&i| i >= split.len()) {
-        return Err(format!(
+        bail!(
             "--test-examples: index {bad} is past the test split's {} images",
             split.len()
-        ));
+        );
     }
-    let array = split.fetch(indices, None, &[]).map_err(|e| e.to_string())?;
+    let array = split.fetch(indices, None, &[])?;
     Ok(Images {
         array,
         names: indices.iter().map(|i| format!("test-{i}")).collect(),
@@ -85,11 +85,18 @@ pub fn split_examples(split: &ImageSource, indices: &[usize]) -> Result<Images, 
 
 /// An image file, or every image of a folder (sorted, recursively), at the model's shape
 /// and levels.
-pub fn read_images(input: &Path, config: &RealNvpConfig) -> Result<Images, String> {
+pub fn read_images(input: &Path, config: &RealNvpConfig) -> anyhow::Result<Images> {
+    // A bare file name (`ok.png`) has the empty path as its parent: scan `.` then, and
+    // find the file by the path the scan gives it.
     let (dir, only) = if input.is_file() {
+        let dir = input
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = input.file_name().map(|name| dir.join(name));
         (
-            input.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            Some(input.to_path_buf()),
+            dir.to_path_buf(),
+            Some(name.unwrap_or_else(|| input.to_path_buf())),
         )
     } else {
         (input.to_path_buf(), None)
@@ -98,29 +105,26 @@ pub fn read_images(input: &Path, config: &RealNvpConfig) -> Result<Images, Strin
         path: dir,
         preset: FolderPreset::Native,
         channels: config.channels,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let indices: Vec<usize> = match &only {
         Some(file) => vec![folder
             .files()
             .iter()
             .position(|f| f == file)
-            .ok_or_else(|| format!("{}: not a PNG or JPEG image", file.display()))?],
+            .ok_or_else(|| anyhow!("{}: not a PNG or JPEG image", input.display()))?],
         None => (0..folder.len()).collect(),
     };
-    let mut array = folder
-        .decode_batch(&indices, None, &[])
-        .map_err(|e| e.to_string())?;
+    let mut array = folder.decode_batch(&indices, None, &[])?;
     let expected = [config.channels, config.height, config.width];
     if array.shape != expected {
         let [c, h, w] = array.shape;
-        return Err(format!(
+        bail!(
             "{}: images are {c}x{h}x{w}, the model expects {}x{}x{}",
             input.display(),
             expected[0],
             expected[1],
             expected[2]
-        ));
+        );
     }
     let levels = config.preprocess.levels;
     if levels != 256 {
@@ -131,16 +135,20 @@ pub fn read_images(input: &Path, config: &RealNvpConfig) -> Result<Images, Strin
     array.levels = levels;
     Ok(Images {
         array,
-        names: indices
-            .iter()
-            .map(|&i| folder.files()[i].display().to_string())
-            .collect(),
+        // A single file keeps the name it was given on the command line.
+        names: match only {
+            Some(_) => vec![input.display().to_string()],
+            None => indices
+                .iter()
+                .map(|&i| folder.files()[i].display().to_string())
+                .collect(),
+        },
     })
 }
 
 /// Writes one image `[c, h, w]` of pixel levels `0..levels` as an 8-bit PNG; level `l`
 /// becomes `round(255 l / (levels - 1))`, which [`read_images`] maps back to `l`.
-pub fn write_png(path: &Path, pixels: &[u8], shape: [usize; 3], levels: u32) -> Result<(), String> {
+pub fn write_png(path: &Path, pixels: &[u8], shape: [usize; 3], levels: u32) -> anyhow::Result<()> {
     let [c, h, w] = shape;
     let scale = 255.0 / (levels.max(2) - 1) as f64;
     let to_byte = |v: u8| ((v as f64) * scale).round().clamp(0.0, 255.0) as u8;
@@ -158,10 +166,10 @@ pub fn write_png(path: &Path, pixels: &[u8], shape: [usize; 3], levels: u32) -> 
         image::ExtendedColorType::Rgb8
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     image::save_buffer(path, &bytes, w as u32, h as u32, color)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .with_context(|| path.display().to_string())
 }
 
 /// A file name for example `name`'s PNG: its file stem, or the name itself.

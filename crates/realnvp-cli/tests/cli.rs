@@ -292,6 +292,178 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
     );
 }
 
+/// Every subcommand that takes `--input` reads a bare file name relative to the working
+/// directory (`--input a.png`), as it reads `./a.png` and absolute paths.
+#[test]
+fn bare_relative_input_names_are_read_from_the_working_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = train(&run, &["--steps", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).expect("writable");
+    for (name, value) in [("a.png", 3u8), ("b.png", 200)] {
+        image::GrayImage::from_pixel(8, 8, image::Luma([value]))
+            .save(images.join(name))
+            .expect("writable");
+    }
+    let run_arg = run.to_str().expect("utf-8");
+    let in_images = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_realnvp"))
+            .args(args)
+            .current_dir(&images)
+            .output()
+            .expect("the binary runs")
+    };
+    let score = |input: &str| {
+        let out = in_images(&["score", "--run", run_arg, "--input", input, "--json"]);
+        assert!(
+            out.status.success(),
+            "score --input {input}: {}",
+            stderr(&out)
+        );
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one line");
+        assert_eq!(line["input"], input, "the name as given");
+        line["bits_per_dim"].as_f64().expect("bits/dim")
+    };
+    let bare = score("a.png");
+    assert_eq!(bare, score("./a.png"));
+    let absolute = images.join("a.png");
+    assert_eq!(bare, score(absolute.to_str().expect("utf-8")));
+
+    let cases: [&[&str]; 3] = [
+        &["encode", "--input", "a.png", "--out", "latents.safetensors"],
+        &[
+            "manifold",
+            "--input",
+            "a.png",
+            "--input",
+            "b.png",
+            "--input",
+            "b.png",
+            "--input",
+            "a.png",
+            "--rows",
+            "2",
+            "--cols",
+            "2",
+            "--out",
+            "manifold.png",
+        ],
+        &["compress", "--input", "a.png", "--out", "compressed.png"],
+    ];
+    for args in cases {
+        let mut full = vec![args[0], "--run", run_arg];
+        full.extend_from_slice(&args[1..]);
+        let out = in_images(&full);
+        assert!(out.status.success(), "{full:?}: {}", stderr(&out));
+        let written = args[args.len() - 1];
+        assert!(images.join(written).is_file(), "{full:?} wrote {written}");
+    }
+}
+
+/// A sample grid too large to hold is refused before anything is drawn, naming the limit.
+#[test]
+fn an_oversized_sample_grid_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    let out = train(&run, &["--steps", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let png = dir.path().join("huge.png");
+    let run_arg = run.to_str().expect("utf-8");
+    let png_arg = png.to_str().expect("utf-8");
+    let cases: [&[&str]; 3] = [
+        &["sample", "--n", "100000000"],
+        &["sample", "--n", "5001", "--temperatures", "0.5,1"],
+        &["extrapolate", "--n", "1000", "--factor", "4"],
+    ];
+    for args in cases {
+        let mut full = vec![args[0], "--run", run_arg, "--out", png_arg];
+        full.extend_from_slice(&args[1..]);
+        let out = realnvp(&full);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{full:?} succeeded");
+        assert!(
+            err.contains("error: ") && err.contains("10000"),
+            "{full:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{full:?}: {err}");
+        assert!(!png.exists(), "{full:?} wrote a grid");
+    }
+    // The limit itself is drawn.
+    let out = realnvp(&["sample", "--run", run_arg, "--out", png_arg, "--n", "10000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(image_size(&png), (100 * 33 + 1, 100 * 33 + 1));
+}
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("writable");
+    for entry in std::fs::read_dir(from).expect("readable") {
+        let entry = entry.expect("readable");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copied");
+        }
+    }
+}
+
+/// A run directory written by an earlier realnvp (`tests/fixtures/digits-run`: 4 steps of
+/// a small digits model, trained before the run directory and the CLI were reshaped)
+/// still evaluates to the figures printed then, draws the same samples, loads from its
+/// checkpoint alone, and resumes, keeping the metrics already written.
+#[test]
+fn a_run_directory_written_before_evaluates_samples_and_resumes() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = dir.path().join("run");
+    copy_tree(&fixtures.join("digits-run"), &run);
+    let run_arg = run.to_str().expect("utf-8");
+
+    let eval = realnvp(&["eval", "--run", run_arg, "--json"]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let now: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("JSON");
+    let then: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("digits-run-eval.json")).expect("readable"),
+    )
+    .expect("JSON");
+    assert_eq!(now, then, "the same figures as when the run was written");
+
+    let png = dir.path().join("sample.png");
+    let png_arg = png.to_str().expect("utf-8");
+    let sample = realnvp(&[
+        "sample", "--run", run_arg, "--n", "4", "--seed", "3", "--out", png_arg,
+    ]);
+    assert!(sample.status.success(), "{}", stderr(&sample));
+    let pixels = |path: &Path| image::open(path).expect("a PNG").to_rgb8().into_raw();
+    assert!(
+        pixels(&png) == pixels(&fixtures.join("digits-run-sample.png")),
+        "the same samples for the same seed"
+    );
+
+    let metrics_before = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    let out = train(&run, &["--resume", "--steps", "6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming from"), "{}", stderr(&out));
+    let metrics_after = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    assert!(
+        metrics_after.starts_with(&metrics_before),
+        "the lines written before are kept"
+    );
+    let steps = metrics_steps(&run);
+    assert_eq!(steps.last(), Some(&6), "{steps:?}");
+    assert!(steps[metrics_before.lines().count()..]
+        .iter()
+        .all(|&s| s > 4));
+
+    // Without its export, the run's newest checkpoint is its model.
+    std::fs::remove_dir_all(run.join("export")).expect("removable");
+    let eval = realnvp(&["eval", "--run", run_arg, "--json"]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+}
+
 /// `train.conv_precision` trains with the s/t convolutions in bf16, and `eval
 /// --conv-precision` scores one model with each precision: half precision moves bits/dim,
 /// but by less than 0.01.

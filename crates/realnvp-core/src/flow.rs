@@ -152,7 +152,7 @@ impl<B: ConvBackend> Flow<B> {
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// The file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

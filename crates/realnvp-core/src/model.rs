@@ -172,6 +172,17 @@ impl<B: Backend> Latents<B> {
         self.len() == 0
     }
 
+    /// The examples `start..start + len` of every scale.
+    pub fn narrow(&self, start: usize, len: usize) -> Self {
+        Self {
+            scales: self
+                .scales
+                .iter()
+                .map(|z| z.clone().narrow(0, start, len))
+                .collect(),
+        }
+    }
+
     /// Per-scale shapes `[channels, height, width]`, finest first.
     pub fn shapes(&self) -> Vec<[usize; 3]> {
         self.scales
@@ -301,6 +312,21 @@ impl<B: ConvBackend> RealNvp<B> {
         }
         let h = h.expect("a model has at least one scale");
         self.preprocess.inverse(h)
+    }
+
+    /// [`RealNvp::decode`] `chunk` examples at a time, concatenated: the same pixels with
+    /// the activations of at most `chunk` examples alive at once.
+    pub fn decode_in_chunks(&self, latents: Latents<B>, chunk: usize) -> Tensor<B, 4> {
+        let n = latents.len();
+        if n <= chunk {
+            return self.decode(latents);
+        }
+        let chunk = chunk.max(1);
+        let parts = (0..n)
+            .step_by(chunk)
+            .map(|start| self.decode(latents.narrow(start, chunk.min(n - start))))
+            .collect();
+        Tensor::cat(parts, 0)
     }
 
     /// Log-density of continuous pixels `y` in `[0, 1)^D`, nats, shape `[batch]`. For a

@@ -10,7 +10,16 @@ use burn::tensor::backend::Backend;
 use realnvp_data::loader::StreamPosition;
 use serde::{Deserialize, Serialize};
 
-use crate::error::TrainError;
+use crate::error::{error_chain, TrainError};
+
+/// Name of the model's record in a checkpoint (`model.bin`).
+pub(crate) const MODEL: &str = "model";
+/// Name of the optimiser's record.
+pub(crate) const OPTIMIZER: &str = "optimizer";
+/// Name of the weight average's record, when the run keeps one.
+pub(crate) const EMA: &str = "ema";
+/// Name of the learning-rate schedule's record.
+pub(crate) const SCHEDULE: &str = "schedule";
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,11 +225,10 @@ impl Loaded {
 }
 
 impl Checkpoints {
-    /// The checkpoints of the run in `run_dir`.
-    pub fn new(run_dir: &Path) -> Self {
-        Self {
-            dir: run_dir.join("checkpoints"),
-        }
+    /// The checkpoints in `dir` (a run directory's `checkpoints/`: see
+    /// [`crate::run_dir::RunDir::checkpoints`]).
+    pub fn in_dir(dir: PathBuf) -> Self {
+        Self { dir }
     }
 
     /// The directory holding the checkpoints.
@@ -332,7 +340,7 @@ impl Checkpoints {
         for (_, path) in self.list().into_iter().rev() {
             match Self::read(&path) {
                 Ok(loaded) => return Some(loaded),
-                Err(e) => eprintln!("warning: skipping damaged checkpoint: {e}"),
+                Err(e) => eprintln!("warning: skipping damaged checkpoint: {}", error_chain(&e)),
             }
         }
         None

@@ -509,9 +509,9 @@ impl RunConfig {
             FlowConfig::Image(c) => c.validate(),
             FlowConfig::Vector(c) => c.validate(),
         };
-        validation.map_err(|e| TrainError::Config {
+        validation.map_err(|source| TrainError::Model {
             origin: format!("model for data set `{}`", data.name()),
-            message: e.to_string(),
+            source,
         })?;
         Ok(config)
     }
@@ -744,8 +744,8 @@ mod tests {
         };
         let err = config
             .flow_config(&DataShape::Images(info))
-            .expect_err("8x8 with 4 scales")
-            .to_string();
+            .expect_err("8x8 with 4 scales");
+        let err = crate::error::error_chain(&err);
         assert!(err.contains("digits") && err.contains("height"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -20,6 +20,14 @@ pub enum TrainError {
         origin: String,
         /// What is wrong and what was expected.
         message: String,
+    },
+    /// The model configuration is invalid.
+    #[error("invalid configuration ({origin})")]
+    Model {
+        /// The key or file at fault (`model`, `train.conv_precision`, a `model.toml`).
+        origin: String,
+        /// What core's validation found.
+        source: realnvp_core::ConfigError,
     },
     /// The data set could not be read.
     #[error(transparent)]
@@ -44,6 +52,17 @@ pub enum TrainError {
         count: u32,
         /// The newest checkpoint, intact.
         last_checkpoint: Option<PathBuf>,
+    },
+    /// More samples than one picture can hold.
+    #[error("{requested} samples: one picture of {picture} samples holds at most {limit} (they are drawn and kept in memory at once); draw several with other seeds")]
+    TooManySamples {
+        /// Samples asked for.
+        requested: usize,
+        /// The most one picture holds ([`crate::grid::MAX_GRID_IMAGES`] images,
+        /// [`crate::grid::MAX_SCATTER_POINTS`] points).
+        limit: usize,
+        /// `"image"` (a grid) or `"vector"` (a scatter density).
+        picture: &'static str,
     },
     /// A collective operation between data-parallel workers failed.
     #[error("data-parallel training: {message}")]
@@ -95,6 +114,19 @@ impl TrainError {
             source,
         }
     }
+}
+
+/// `error` and the chain of its sources as one line, `outer: cause: root cause`: for
+/// messages that carry an error as text (to another rank, or in a warning).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The ranks a timed-out rank blames, in words.

@@ -8,7 +8,11 @@ use realnvp_data::ImageArray;
 
 use crate::data::Splits;
 use crate::error::TrainError;
-use crate::grid::{write_image_grid, write_scatter};
+use crate::grid::{write_image_grid, write_scatter, MAX_GRID_IMAGES, MAX_SCATTER_POINTS};
+
+/// Samples decoded at once by [`write_samples`]: a grid of more is decoded in pieces of
+/// this many, so that memory holds the activations of these alone.
+const SAMPLE_CHUNK: usize = 1024;
 
 /// Bits/dim and negative log-likelihood of a split.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -221,6 +225,23 @@ impl<E: burn::tensor::ElementConversion> ElemF64 for E {
     }
 }
 
+/// Refuses `n` samples when they are more than one picture of `model`'s kind holds
+/// ([`MAX_GRID_IMAGES`] images, [`MAX_SCATTER_POINTS`] points).
+pub fn check_sample_count<B: ConvBackend>(model: &Flow<B>, n: usize) -> Result<(), TrainError> {
+    let limit = match model {
+        Flow::Image(_) => MAX_GRID_IMAGES,
+        Flow::Vector(_) => MAX_SCATTER_POINTS,
+    };
+    if n > limit {
+        return Err(TrainError::TooManySamples {
+            requested: n,
+            limit,
+            picture: model.kind(),
+        });
+    }
+    Ok(())
+}
+
 /// Draws `n` samples at `temperature` (seeded) and writes them to `path` as PNG: an image
 /// grid for image models, a 2-D histogram for 2-D vector models.
 pub fn write_samples<B: ConvBackend>(
@@ -231,10 +252,14 @@ pub fn write_samples<B: ConvBackend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<(), TrainError> {
+    check_sample_count(model, n)?;
     B::seed(device, seed);
     match model {
         Flow::Image(m) => {
-            let samples = m.preprocess().quantize(m.sample(n, temperature, device));
+            let latents = m.sample_latents(n, temperature, device);
+            let samples = m
+                .preprocess()
+                .quantize(m.decode_in_chunks(latents, SAMPLE_CHUNK));
             let shape = samples.dims();
             let pixels = samples
                 .into_data()

@@ -6,6 +6,13 @@ use image::{ImageBuffer, Luma, Rgb};
 
 use crate::error::TrainError;
 
+/// The most images one grid PNG holds, a grid of 100 x 100: the images, their latents and
+/// the grid are held in memory at once.
+pub const MAX_GRID_IMAGES: usize = 10_000;
+
+/// The most points one scatter PNG of a 2-D model is drawn from.
+pub const MAX_SCATTER_POINTS: usize = 1_000_000;
+
 /// Writes images `[n, c, h, w]` (pixel levels `0..levels`, row-major, `c` = 1 or 3) as a
 /// grid PNG with `columns` images per row and a one-pixel border.
 pub fn write_image_grid(

@@ -9,7 +9,7 @@ use realnvp_core::flow::WEIGHTS_FILE;
 use realnvp_core::{AutodiffConvBackend, Flow};
 
 use crate::error::TrainError;
-use crate::trainer::load_run_model;
+use crate::run_dir::RunDir;
 
 /// Replaces the weights (and batch-norm running averages) of `model`, freshly initialised
 /// for this run, with those of the trained model in `dir`: an export directory, or a run
@@ -24,7 +24,7 @@ pub(crate) fn init_from<B: AutodiffConvBackend>(
     let source = if dir.join(WEIGHTS_FILE).is_file() {
         realnvp_core::load_model::<B::InnerBackend>(dir, device)?.0
     } else {
-        load_run_model::<B::InnerBackend>(dir, device)?.0
+        RunDir::at(dir).load_model::<B::InnerBackend>(device)?.0
     };
     let theirs = source.collect(None, None, false);
     check_shapes(&theirs, &model.collect(None, None, false), dir)?;

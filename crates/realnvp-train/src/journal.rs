@@ -2,7 +2,7 @@
 //! learning curves and the progress bar (or plain progress lines without a terminal).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{FormattedDuration, ProgressBar, ProgressStyle};
@@ -12,12 +12,8 @@ use crate::checkpoint::{write_atomic, TrainState};
 use crate::error::TrainError;
 use crate::evaluate::Evaluation;
 use crate::plot::write_learning_curves;
-use crate::tensorboard::{EventWriter, TENSORBOARD_DIR};
-
-/// The learning-curve picture in a run directory.
-pub(crate) const CURVES: &str = "learning-curves.png";
-/// The metrics file in a run directory.
-const METRICS: &str = "metrics.jsonl";
+use crate::run_dir::RunDir;
+use crate::tensorboard::EventWriter;
 
 /// TensorBoard tag of the training bits/dim (mean over each logging window).
 pub const TAG_TRAIN: &str = "bits_per_dim/train";
@@ -60,7 +56,7 @@ type Curve = Vec<(u64, f64)>;
 
 /// The run's metrics file, curves, TensorBoard events and progress display.
 pub(crate) struct Journal {
-    run_dir: PathBuf,
+    run: RunDir,
     /// The learning curves' title: the run and its data set.
     title: String,
     metrics: std::fs::File,
@@ -120,18 +116,18 @@ impl Horizon {
 const BAR_LENGTH: u64 = 1000;
 
 impl Journal {
-    /// Opens the journal of `run_dir` (`title` names the run and data set in the
+    /// Opens the journal of `run` (`title` names the run and data set in the
     /// curves); a resumed run first drops the lines logged after its checkpoint's `step`,
     /// so that the curve continues without repeats, and starts a new event file that tells
     /// TensorBoard to do the same.
     pub(crate) fn open(
-        run_dir: &Path,
+        run: &RunDir,
         title: String,
         resumed_at: Option<u64>,
         progress: bool,
         horizon: Horizon,
     ) -> Result<Self, TrainError> {
-        let path = run_dir.join(METRICS);
+        let path = run.metrics_path();
         if let Some(step) = resumed_at {
             truncate_metrics(&path, step)?;
         }
@@ -141,10 +137,10 @@ impl Journal {
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
         let (train_curve, test_curve) = read_curves(&path);
-        let events = EventWriter::create(&run_dir.join(TENSORBOARD_DIR), resumed_at)?;
+        let events = EventWriter::create(&run.tensorboard_dir(), resumed_at)?;
         let bar = progress_bar(progress, horizon);
         Ok(Self {
-            run_dir: run_dir.to_path_buf(),
+            run: run.clone(),
             title,
             metrics,
             events,
@@ -322,7 +318,7 @@ impl Journal {
 
     fn draw_curves(&self) -> Result<(), TrainError> {
         write_learning_curves(
-            &self.run_dir.join(CURVES),
+            &self.run.learning_curves_path(),
             &self.title,
             &self.train_curve,
             &self.test_curve,
@@ -335,7 +331,7 @@ impl Journal {
         self.metrics
             .write_all(text.as_bytes())
             .and_then(|_| self.metrics.flush())
-            .map_err(|e| TrainError::io(&self.run_dir.join(METRICS), e))
+            .map_err(|e| TrainError::io(&self.run.metrics_path(), e))
     }
 }
 

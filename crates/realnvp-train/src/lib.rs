@@ -11,10 +11,11 @@
 //! all-reduce; with the `mpi` feature, `mpi_replicas::train_mpi` trains it across
 //! processes and machines on MPI (`mpirun`, Slurm's `srun`).
 //!
-//! A run directory holds `config.toml` (the resolved configuration), `model.toml`,
-//! `metrics.jsonl`, `learning-curves.png`, `samples/step-<N>.png`, `checkpoints/step-<N>/` and `export/`.
+//! A run directory ([`RunDir`], which owns its layout) holds `config.toml` (the resolved
+//! configuration), `model.toml`, `metrics.jsonl`, `learning-curves.png`,
+//! `samples/step-<N>.png`, `checkpoints/step-<N>/`, `tensorboard/` and `export/` (with
+//! `export/best/`).
 
-pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -28,6 +29,7 @@ pub mod mpi_replicas;
 pub mod parallel;
 pub mod plot;
 pub mod replicas;
+pub mod run_dir;
 pub mod schedule;
 mod step_vector;
 pub mod tensorboard;
@@ -37,4 +39,5 @@ pub use config::RunConfig;
 pub use error::TrainError;
 pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
 pub use parallel::{train_parallel, ParallelSummary};
-pub use trainer::{load_run_model, run_config, train, TrainOptions, TrainSummary, BEST_EXPORT};
+pub use run_dir::{RunDir, BEST_EXPORT};
+pub use trainer::{train, TrainOptions, TrainSummary};

@@ -43,7 +43,7 @@ use realnvp_core::{AutodiffConvBackend, Flow};
 use crate::checkpoint::checksum;
 use crate::config::RunConfig;
 use crate::data::Splits;
-use crate::error::TrainError;
+use crate::error::{error_chain, TrainError};
 use crate::replicas::{model_fingerprint, ReducedStep, Replicas, StopVotes};
 use crate::step_vector;
 use crate::trainer::{run_worker, TrainOptions, TrainSummary};
@@ -495,7 +495,7 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
         };
         // MPI cannot cancel a pending collective call, so no error can be returned
         // through it: say why, then end every process of the job.
-        eprintln!("rank {}: error: {error}", self.rank);
+        eprintln!("rank {}: error: {}", self.rank, error_chain(&error));
         abort_job(3)
     }
 

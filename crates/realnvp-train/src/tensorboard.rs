@@ -19,9 +19,6 @@ use prost::Message;
 
 use crate::error::TrainError;
 
-/// The folder of a run directory that holds its event files.
-pub const TENSORBOARD_DIR: &str = "tensorboard";
-
 /// `tensorflow.Event`: one record of an event file.
 #[derive(Clone, PartialEq, Message)]
 struct Event {

@@ -8,7 +8,7 @@
 //! run (evaluation on the whole test split, a last checkpoint, the export).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,20 +20,22 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use realnvp_core::{
-    export_model, AutodiffConvBackend, ConvBackend, ConvPrecision, Dequantization, Flow, FlowBatch,
-    FlowConfig,
+    AutodiffConvBackend, ConvBackend, ConvPrecision, Dequantization, Flow, FlowBatch, FlowConfig,
 };
 use realnvp_data::loader::{Shard, StreamConfig, StreamPosition, TrainStream};
 use serde::Serialize;
 
-use crate::checkpoint::{write_atomic, Checkpoints, Loaded, Payload, TrainState};
+use crate::checkpoint::{
+    Checkpoints, Loaded, Payload, TrainState, EMA, MODEL, OPTIMIZER, SCHEDULE,
+};
 use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
-use crate::error::TrainError;
-use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
+use crate::error::{error_chain, TrainError};
+use crate::evaluate::{check_sample_count, evaluate, write_samples, Evaluation, Split};
 use crate::init_from::init_from;
 use crate::journal::{Horizon, Journal};
 use crate::replicas::{Replicas, Solo, StopVotes};
+use crate::run_dir::RunDir;
 use crate::schedule::Schedule;
 
 /// How a run is started.
@@ -119,6 +121,7 @@ type Adam<B> = OptimizerAdaptor<burn::optim::Adam, Flow<B>, B>;
 struct Run<'a, B: AutodiffConvBackend, R: Replicas<B>> {
     config: &'a RunConfig,
     options: &'a TrainOptions,
+    run_dir: RunDir,
     device: B::Device,
     replicas: &'a R,
     flow_config: FlowConfig,
@@ -185,12 +188,17 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             });
         }
         let flow_config = config.flow_config(&splits.shape())?;
-        let prepared = replicas
-            .is_leader()
-            .then(|| prepare_run_dir::<B>(config, options, &flow_config, workers, device));
-        let start = share_start_point(replicas, prepared, &options.run_dir)?;
+        let run_dir = RunDir::at(&options.run_dir);
+        let prepared = replicas.is_leader().then(|| {
+            prepare_run_dir::<B>(&run_dir, config, options, &flow_config, workers, device)
+        });
+        let start = share_start_point(replicas, prepared, &run_dir)?;
 
         let model = init_model::<B>(&flow_config, t.conv_precision, device)?;
+        check_sample_count(&model, t.samples).map_err(|e| TrainError::Config {
+            origin: "train.samples".into(),
+            message: error_chain(&e),
+        })?;
         let model = start.load_into(MODEL, model, device)?;
         let mut optimizer = adam::<B>(t, flow_config.dims());
         match start.record(OPTIMIZER, device)? {
@@ -245,7 +253,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 note_resume(&start, &state, t, workers);
             }
             Some(Leader::start(
-                &start, options, config, &model, &state, horizon, device,
+                &start, &run_dir, options, config, &model, &state, horizon, device,
             )?)
         } else {
             None
@@ -254,6 +262,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         Ok(Self {
             config,
             options,
+            run_dir,
             device: device.clone(),
             replicas,
             flow_config,
@@ -455,23 +464,18 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             &self.splits,
             limit,
             &mut self.state,
-            &self.options.run_dir,
+            &self.run_dir,
             &self.config.train,
             &self.device,
         )?;
         if let Some((bits_per_dim, step)) =
             self.state.best.filter(|_| self.state.best != best_before)
         {
-            export_best(
-                &model,
-                &self.flow_config,
-                &self.options.run_dir,
-                bits_per_dim,
-                step,
-            )?;
+            self.run_dir
+                .export_best(&model, &self.flow_config, bits_per_dim, step)?;
         }
         if let Some(leader) = self.leader.as_mut() {
-            let samples = samples_path(&self.options.run_dir, self.state.step);
+            let samples = self.run_dir.samples_path(self.state.step);
             leader.journal.log_samples(self.state.step, &samples)?;
         }
         Ok(evaluation)
@@ -522,8 +526,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 .log_end(&self.state, self.learning_rate, &test, rate)?;
         }
         self.checkpoint()?;
-        let export = self.options.run_dir.join("export");
-        export_model(&self.eval_model(), &self.flow_config, &export)?;
+        let export = self.run_dir.export(&self.eval_model(), &self.flow_config)?;
         Ok(Some(TrainSummary {
             steps: self.state.step,
             epochs: self.state.position.epoch + 1,
@@ -544,8 +547,10 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
 impl<B: AutodiffConvBackend> Leader<B> {
     /// The leader's part of the start: the note on a resumed run, the weight average and
     /// the journal.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         start: &Loaded,
+        run_dir: &RunDir,
         options: &TrainOptions,
         config: &RunConfig,
         model: &Flow<B>,
@@ -559,16 +564,10 @@ impl<B: AutodiffConvBackend> Leader<B> {
             None => None,
         };
         let resumed_at = options.resume.then_some(state.step);
-        let title = format!("{}: {}", run_name(&options.run_dir), config.data.describe());
-        let journal = Journal::open(
-            &options.run_dir,
-            title,
-            resumed_at,
-            options.progress,
-            horizon,
-        )?;
+        let title = format!("{}: {}", run_dir.name(), config.data.describe());
+        let journal = Journal::open(run_dir, title, resumed_at, options.progress, horizon)?;
         Ok(Self {
-            checkpoints: Checkpoints::new(&options.run_dir),
+            checkpoints: run_dir.checkpoints(),
             journal,
             ema,
             last_checkpoint: options.resume.then(|| start.path.clone()),
@@ -599,14 +598,14 @@ fn note_resume(start: &Loaded, state: &TrainState, t: &TrainSettings, workers: u
 /// resuming, writes `config.toml` and `model.toml`, and returns the start point: the
 /// newest intact checkpoint, or a freshly initialised model (seeded by `train.seed`).
 fn prepare_run_dir<B: AutodiffConvBackend>(
+    run_dir: &RunDir,
     config: &RunConfig,
     options: &TrainOptions,
     flow_config: &FlowConfig,
     workers: usize,
     device: &B::Device,
 ) -> Result<Loaded, TrainError> {
-    let run_dir = &options.run_dir;
-    let checkpoints = Checkpoints::new(run_dir);
+    let checkpoints = run_dir.checkpoints();
     let resume_from = if options.resume {
         Some(checkpoints.latest().ok_or_else(|| TrainError::Checkpoint {
             path: checkpoints.dir().to_path_buf(),
@@ -615,7 +614,7 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
     } else {
         if !checkpoints.list().is_empty() {
             return Err(TrainError::Checkpoint {
-                path: run_dir.clone(),
+                path: run_dir.path().to_path_buf(),
                 message:
                     "already holds a run; pass --resume to continue it or choose another --out"
                         .into(),
@@ -623,16 +622,7 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
         }
         None
     };
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-    let config_text = toml::to_string(config).map_err(|e| TrainError::Config {
-        origin: "config".into(),
-        message: e.to_string(),
-    })?;
-    write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
-    write_atomic(
-        &run_dir.join("model.toml"),
-        toml::to_string(flow_config).unwrap_or_default().as_bytes(),
-    )?;
+    run_dir.write_configs(config, flow_config)?;
     if let Some(loaded) = resume_from {
         return Ok(loaded);
     }
@@ -645,7 +635,7 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
     let mut payload = Payload::new();
     payload.add::<_, B>(MODEL, model.into_record())?;
     Ok(Loaded::in_memory(
-        run_dir,
+        run_dir.path(),
         TrainState::fresh(workers as u32),
         payload,
     ))
@@ -655,7 +645,7 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
 fn share_start_point<B: AutodiffBackend, R: Replicas<B>>(
     replicas: &R,
     prepared: Option<Result<Loaded, TrainError>>,
-    run_dir: &Path,
+    run_dir: &RunDir,
 ) -> Result<Loaded, TrainError> {
     if replicas.workers() == 1 {
         return prepared
@@ -664,14 +654,16 @@ fn share_start_point<B: AutodiffBackend, R: Replicas<B>>(
     // A leading byte says whether the leader could start (0) or why not (1, a message).
     let bytes = prepared.as_ref().map(|result| match result {
         Ok(loaded) => [vec![0u8], loaded.to_bytes()].concat(),
-        Err(e) => [vec![1u8], e.to_string().into_bytes()].concat(),
+        Err(e) => [vec![1u8], error_chain(e).into_bytes()].concat(),
     });
     let shared = replicas.share_from_leader(bytes)?;
     if let Some(result) = prepared {
         return result;
     }
     match shared.split_first() {
-        Some((0, start)) => Loaded::from_bytes(&run_dir.join("(start state from rank 0)"), start),
+        Some((0, start)) => {
+            Loaded::from_bytes(&run_dir.path().join("(start state from rank 0)"), start)
+        }
         Some((_, message)) => Err(TrainError::collective(format!(
             "rank 0 could not start: {}",
             String::from_utf8_lossy(message)
@@ -687,9 +679,9 @@ fn init_model<B: AutodiffConvBackend>(
     precision: ConvPrecision,
     device: &B::Device,
 ) -> Result<Flow<B>, TrainError> {
-    let config_error = |origin: &str, e: realnvp_core::ConfigError| TrainError::Config {
+    let config_error = |origin: &str, source| TrainError::Model {
         origin: origin.into(),
-        message: e.to_string(),
+        source,
     };
     flow_config
         .init(device)
@@ -713,11 +705,6 @@ fn adam<B: AutodiffConvBackend>(t: &TrainSettings, dims: usize) -> Adam<B> {
     .init::<B, Flow<B>>()
 }
 
-const MODEL: &str = "model";
-const OPTIMIZER: &str = "optimizer";
-const EMA: &str = "ema";
-const SCHEDULE: &str = "schedule";
-
 /// Evaluates on (the first `limit` examples of) the test split, draws the step's sample
 /// grid and records the best held-out bits/dim.
 fn evaluate_and_draw<B: ConvBackend>(
@@ -725,8 +712,8 @@ fn evaluate_and_draw<B: ConvBackend>(
     splits: &Splits,
     limit: Option<usize>,
     state: &mut TrainState,
-    run_dir: &Path,
-    t: &crate::config::TrainSettings,
+    run_dir: &RunDir,
+    t: &TrainSettings,
     device: &B::Device,
 ) -> Result<Evaluation, TrainError> {
     let e = evaluate(
@@ -738,7 +725,7 @@ fn evaluate_and_draw<B: ConvBackend>(
         t.seed,
         device,
     )?;
-    let samples = samples_path(run_dir, state.step);
+    let samples = run_dir.samples_path(state.step);
     write_samples(
         model,
         &samples,
@@ -752,48 +739,6 @@ fn evaluate_and_draw<B: ConvBackend>(
         state.best = Some((bits_per_dim, state.step));
     }
     Ok(e)
-}
-
-/// The name of a run: its directory's.
-fn run_name(run_dir: &Path) -> String {
-    run_dir
-        .canonicalize()
-        .unwrap_or_else(|_| run_dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".into())
-}
-
-/// The sample grid drawn at `step`.
-fn samples_path(run_dir: &Path, step: u64) -> PathBuf {
-    run_dir.join(format!("samples/step-{step}.png"))
-}
-
-/// The folder, inside `export/`, of the model with the best held-out bits/dim so far.
-pub const BEST_EXPORT: &str = "best";
-
-/// Writes `model`, the best so far (`bits_per_dim` at `step`), to `export/best/` with a
-/// `best.json` naming the step: first into a temporary folder, which then replaces the
-/// previous best whole, so that a kill leaves one intact best model.
-fn export_best<B: Backend>(
-    model: &Flow<B>,
-    config: &FlowConfig,
-    run_dir: &Path,
-    bits_per_dim: f64,
-    step: u64,
-) -> Result<(), TrainError> {
-    let export = run_dir.join("export");
-    let (tmp, best) = (export.join(".best-tmp"), export.join(BEST_EXPORT));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    export_model(model, config, &tmp)?;
-    let note = serde_json::json!({ "step": step, "test_bits_per_dim": bits_per_dim });
-    write_atomic(&tmp.join("best.json"), format!("{note}\n").as_bytes())?;
-    if best.exists() {
-        std::fs::remove_dir_all(&best).map_err(|e| TrainError::io(&best, e))?;
-    }
-    std::fs::rename(&tmp, &best).map_err(|e| TrainError::io(&best, e))
 }
 
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Flow<B>, B>>(
@@ -968,58 +913,6 @@ impl Batches {
             }
         })
     }
-}
-
-/// The resolved configuration of the run in `run_dir` (its `config.toml`).
-pub fn run_config(run_dir: &Path) -> Result<RunConfig, TrainError> {
-    let path = run_dir.join("config.toml");
-    if !path.is_file() {
-        return Err(TrainError::Checkpoint {
-            path: run_dir.to_path_buf(),
-            message: "not a run directory (no config.toml)".into(),
-        });
-    }
-    RunConfig::load(Some(&path), &[])
-}
-
-/// The trained model of the run in `run_dir`, for inference: its `export/` when the run
-/// finished, else the newest intact checkpoint (averaged weights when kept).
-pub fn load_run_model<B: ConvBackend>(
-    run_dir: &Path,
-    device: &B::Device,
-) -> Result<(Flow<B>, FlowConfig), TrainError> {
-    let export = run_dir.join("export");
-    if export.join(realnvp_core::flow::WEIGHTS_FILE).is_file() {
-        return Ok(realnvp_core::load_model(&export, device)?);
-    }
-    let path = run_dir.join("model.toml");
-    let text = std::fs::read_to_string(&path).map_err(|_| TrainError::Checkpoint {
-        path: run_dir.to_path_buf(),
-        message: "no trained model here: neither export/ nor a checkpoint (train first, or pass the run's directory)".into(),
-    })?;
-    let config: FlowConfig = toml::from_str(&text).map_err(|e| TrainError::Config {
-        origin: path.display().to_string(),
-        message: e.message().to_string(),
-    })?;
-    let loaded = Checkpoints::new(run_dir)
-        .latest()
-        .ok_or_else(|| TrainError::Checkpoint {
-            path: run_dir.to_path_buf(),
-            message: "no intact checkpoint and no export/".into(),
-        })?;
-    let model = config.init::<B>(device).map_err(|e| TrainError::Config {
-        origin: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let name = if loaded
-        .record::<<Flow<B> as Module<B>>::Record, B>(EMA, device)?
-        .is_some()
-    {
-        EMA
-    } else {
-        MODEL
-    };
-    Ok((loaded.load_into(name, model, device)?, config))
 }
 
 #[cfg(test)]

@@ -39,8 +39,9 @@ fn config(text: &str) -> RunConfig {
 /// Every float tensor of the run's last checkpointed model (weights and running
 /// averages), in module order.
 fn final_values(run_dir: &Path) -> Vec<f32> {
-    let (model, _) =
-        realnvp_train::load_run_model::<Flex>(run_dir, &Default::default()).expect("model");
+    let (model, _) = realnvp_train::RunDir::at(run_dir)
+        .load_model::<Flex>(&Default::default())
+        .expect("model");
     struct Collect(Vec<f32>);
     impl<B: Backend> ModuleVisitor<B> for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

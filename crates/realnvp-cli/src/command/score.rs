@@ -1,18 +1,44 @@
-//! `realnvp score`: per-input log-likelihoods.
+//! `realnvp score`: per-input log-likelihoods, or two inputs compared by bits/dim.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use realnvp_core::{Flow, FlowBatch, FlowConfig};
+use anyhow::{bail, Context};
+use burn::tensor::backend::Backend;
+use realnvp_core::{Dequantization, Flow, FlowBatch, FlowConfig};
 use realnvp_data::loader::VectorArray;
 use realnvp_data::tabular::{read_csv, Standardizer};
 use realnvp_train::config::DataConfig;
-use realnvp_train::{load_run_model, run_config};
-
 use realnvp_train::data::Splits;
 use realnvp_train::plot::write_histograms;
+use realnvp_train::run_dir::RunDir;
 
+use crate::backend::{self, Inference};
 use crate::inputs::{read_images, split_examples};
-use crate::{backend, batch_bits_per_dim, Inference};
+
+// The flags of `realnvp score`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// An image, a folder of images, a CSV file, or `data:test` / `data:train` for a
+    /// split of the run's own data set.
+    #[arg(long)]
+    input: PathBuf,
+    /// A second input of the same kinds to compare with (out-of-distribution checks):
+    /// prints both distributions and the AUROC instead of per-input lines.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// With --compare: write overlaid bits/dim histograms to this PNG.
+    #[arg(long, requires = "compare")]
+    plot: Option<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV with a header.
+    #[arg(long)]
+    csv: bool,
+}
 
 /// One scored input.
 struct Record {
@@ -21,37 +47,38 @@ struct Record {
     bits_per_dim: f64,
 }
 
-/// What `realnvp score` is asked.
-pub struct ScoreArgs<'a> {
-    /// The run directory.
-    pub run: &'a Path,
-    /// What to score.
-    pub input: &'a Path,
-    /// A second input to compare with.
-    pub compare: Option<&'a Path>,
-    /// Where to draw the histograms of both.
-    pub plot: Option<&'a Path>,
-    /// JSON lines.
-    pub json: bool,
-    /// CSV.
-    pub csv: bool,
+impl Args {
+    /// Scores `--input` (and `--compare`) and prints one line per input, or the
+    /// comparison.
+    pub fn run(self) -> anyhow::Result<()> {
+        let run = RunDir::at(&self.run);
+        score(
+            &run,
+            &self.input,
+            self.compare.as_deref(),
+            self.plot.as_deref(),
+            self.json,
+            self.csv,
+        )
+    }
 }
 
-pub fn score_command(args: ScoreArgs) -> Result<(), String> {
-    let ScoreArgs {
-        run,
-        input,
-        compare,
-        plot,
-        json,
-        csv,
-    } = args;
+/// Scores `input` (and `compare`) under the model of `run` and prints the result: JSON
+/// lines, CSV, text lines, or the comparison of both.
+fn score(
+    run: &RunDir,
+    input: &Path,
+    compare: Option<&Path>,
+    plot: Option<&Path>,
+    json: bool,
+    csv: bool,
+) -> anyhow::Result<()> {
     let device = backend::device();
-    let (model, config) = load_run_model::<Inference>(run, &device).map_err(|e| e.to_string())?;
+    let (model, config) = run.load_model::<Inference>(&device)?;
     let score = |input: &Path| match (&model, &config) {
         (Flow::Image(_), FlowConfig::Image(c)) => score_images(&model, run, c, input),
         (Flow::Vector(_), FlowConfig::Vector(c)) => score_rows(&model, c.dims, run, input),
-        _ => Err("the run's model and configuration disagree".into()),
+        _ => bail!("the run's model and configuration disagree"),
     };
     let records = score(input)?;
     let others = compare.map(score).transpose()?;
@@ -59,9 +86,8 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
         let a: Vec<f64> = records.iter().map(|r| r.bits_per_dim).collect();
         let b: Vec<f64> = others.iter().map(|r| r.bits_per_dim).collect();
         let (name_a, name_b) = (input.display().to_string(), other.display().to_string());
-        let title = format!("bits/dim under the model of {}", run.display());
-        write_histograms(plot, &title, &[(&name_a, &a), (&name_b, &b)], 60)
-            .map_err(|e| e.to_string())?;
+        let title = format!("bits/dim under the model of {}", run.path().display());
+        write_histograms(plot, &title, &[(&name_a, &a), (&name_b, &b)], 60)?;
     }
     if let (Some(other), Some(others)) = (compare, &others) {
         summarise(input, &records, other, others, plot);
@@ -71,7 +97,7 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
     if let Some(table) = table.as_mut() {
         table
             .write_record(["input", "log_likelihood_nats", "bits_per_dim"])
-            .map_err(|e| format!("writing CSV: {e}"))?;
+            .context("writing CSV")?;
     }
     for r in records {
         if json {
@@ -86,7 +112,7 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
                     &r.log_likelihood_nats.to_string(),
                     &r.bits_per_dim.to_string(),
                 ])
-                .map_err(|e| format!("writing CSV: {e}"))?;
+                .context("writing CSV")?;
         } else {
             println!(
                 "{}\t{:.4} nats\t{:.4} bits/dim",
@@ -95,7 +121,7 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
         }
     }
     if let Some(mut table) = table {
-        table.flush().map_err(|e| format!("writing CSV: {e}"))?;
+        table.flush().context("writing CSV")?;
     }
     Ok(())
 }
@@ -104,17 +130,16 @@ pub fn score_command(args: ScoreArgs) -> Result<(), String> {
 /// `data:train`), at the model's size; 8-bit values are mapped to the model's levels.
 fn score_images(
     model: &Flow<Inference>,
-    run: &Path,
+    run: &RunDir,
     config: &realnvp_core::RealNvpConfig,
     input: &Path,
-) -> Result<Vec<Record>, String> {
+) -> anyhow::Result<Vec<Record>> {
     let images = match input.to_str() {
         Some("data:test") | Some("data:train") => {
-            let run_config = run_config(run).map_err(|e| e.to_string())?;
-            let splits =
-                Splits::load(&run_config.data, run_config.train.seed).map_err(|e| e.to_string())?;
+            let run_config = run.config()?;
+            let splits = Splits::load(&run_config.data, run_config.train.seed)?;
             let Splits::Images { train, test, .. } = splits else {
-                return Err("the run's data set holds no images".into());
+                bail!("the run's data set holds no images");
             };
             let split = if input.to_str() == Some("data:test") {
                 test
@@ -154,21 +179,21 @@ fn score_images(
 fn score_rows(
     model: &Flow<Inference>,
     dims: usize,
-    run: &Path,
+    run: &RunDir,
     input: &Path,
-) -> Result<Vec<Record>, String> {
-    let table = read_csv(input).map_err(|e| e.to_string())?;
+) -> anyhow::Result<Vec<Record>> {
+    let table = read_csv(input)?;
     if table.columns.len() != dims {
-        return Err(format!(
+        bail!(
             "{}: {} columns, the model expects {dims}",
             input.display(),
             table.columns.len()
-        ));
+        );
     }
-    let config = run_config(run).map_err(|e| e.to_string())?;
+    let config = run.config()?;
     let (table, log_jacobian) = match &config.data {
         DataConfig::Csv { train, .. } => {
-            let s = Standardizer::fit(&read_csv(train).map_err(|e| e.to_string())?);
+            let s = Standardizer::fit(&read_csv(train)?);
             let log_jacobian: f64 = s.std.iter().map(|v| -v.ln()).sum();
             (s.apply(&table), log_jacobian)
         }
@@ -245,4 +270,15 @@ fn summarise(
             other.display()
         );
     }
+}
+
+/// Bits/dim of a batch in evaluation mode with seeded uniform dequantisation.
+fn batch_bits_per_dim(model: &Flow<Inference>, batch: FlowBatch<Inference>) -> Vec<f64> {
+    Inference::seed(&backend::device(), 0);
+    model
+        .bits_per_dim(batch, Dequantization::Uniform)
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap_or_default()
 }

@@ -7,7 +7,10 @@
 use realnvp_train::mpi_replicas::{abort_job, train_mpi, MpiJob, MpiSummary, RankPlace};
 use realnvp_train::{RunConfig, TrainOptions};
 
-use crate::{backend, print_summary, Checkpointed, Training};
+use anyhow::Context;
+
+use super::print_summary;
+use crate::backend::{self, Checkpointed, Training};
 
 /// Exit code of a rank that panicked (the job is aborted with it).
 const PANIC_EXIT: i32 = 101;
@@ -18,8 +21,8 @@ pub fn run(
     config: &RunConfig,
     options: &TrainOptions,
     device: Option<usize>,
-) -> Result<(), String> {
-    let job = MpiJob::init().map_err(|e| format!("--mpi: {e}"))?;
+) -> anyhow::Result<()> {
+    let job = MpiJob::init().context("--mpi")?;
     let place = job.place().clone();
     abort_on_panic(place.rank);
     let threads = compute_threads(&place);
@@ -31,7 +34,7 @@ pub fn run(
     // `main` has checked an explicit `--device` against the backend.
     let chosen = match backend::device_at(index) {
         Ok(device) => device,
-        Err(message) => fail(place.rank, &message),
+        Err(error) => fail(place.rank, &format!("{error:#}")),
     };
     if place.rank == 0 {
         eprintln!("run directory: {}", options.run_dir.display());
@@ -66,7 +69,7 @@ pub fn run(
             drop(job);
             Ok(())
         }
-        Err(error) => fail(place.rank, &error.to_string()),
+        Err(error) => fail(place.rank, &format!("{:#}", anyhow::Error::new(error))),
     }
 }
 
