@@ -93,7 +93,7 @@ pub fn select(index: usize) -> anyhow::Result<()> {
 /// The device of this invocation: the one chosen with `--device`, else the backend's
 /// default.
 pub fn device() -> Device {
-    SELECTED.get().cloned().unwrap_or_default()
+    SELECTED.get().copied().unwrap_or_default()
 }
 
 /// Runs `work` (a command's whole training, evaluation or sampling loop) on one of rayon's

@@ -9,7 +9,7 @@ use realnvp_data::folder::{FolderPreset, ImageFolder, ImageFolderConfig};
 use realnvp_data::loader::ImageSource;
 use realnvp_data::ImageArray;
 use realnvp_train::data::Splits;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 /// Where the images of a command come from.
 #[derive(clap::Args, Debug, Clone)]

@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use realnvp_core::{Dequantization, Flow, Latents, RealNvp};
 use realnvp_data::ImageArray;
-use realnvp_train::grid::{write_image_grid, MAX_GRID_IMAGES};
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::output::grid::{write_image_grid, MAX_GRID_IMAGES};
+use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 

@@ -52,7 +52,7 @@ fn metrics_steps(run: &Path) -> Vec<u64> {
 
 fn checkpoints(run: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     found.retain(|p| {
         p.file_name()

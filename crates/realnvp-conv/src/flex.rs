@@ -402,7 +402,7 @@ impl Normaliser<'_> {
                         *o = factor * (passed - mean_g - normalised * mean_gx);
                     }
                 },
-            )
+            );
         };
         if x.len() >= PARALLEL_PLANES {
             x_grad
@@ -464,7 +464,7 @@ fn affine_relu(x: &[f32], scale: &[f32], shift: &[f32], n: usize, plane: usize) 
                     *o = (v * a + b).max(0.0);
                 }
             },
-        )
+        );
     };
     let plane = plane.max(1);
     if y.len() >= PARALLEL_PLANES && n * c > 1 {
@@ -613,7 +613,7 @@ fn im2col_strided(x: &[f32], c: usize, h: usize, w: usize, col: &mut [f32], stri
             16 => im2col_narrow::<16>(x, c, h, col, stride),
             _ => im2col_bands(x, c, h, w, col, stride),
         },
-    )
+    );
 }
 
 /// [`im2col_strided`] for images `W` pixels wide, a pixel row at a time. With the width

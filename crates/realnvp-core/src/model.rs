@@ -346,7 +346,7 @@ impl<B: ConvBackend> RealNvp<B> {
 
     /// Number of classes of a class-conditional model, 0 for an unconditional one.
     pub fn classes(&self) -> usize {
-        self.class_prior.as_ref().map_or(0, |p| p.classes())
+        self.class_prior.as_ref().map_or(0, ClassPrior::classes)
     }
 
     /// `log p(y | k)` for every class `k`: continuous pixels `[batch, c, h, w]` to
@@ -542,7 +542,7 @@ impl<B: ConvBackend> RealNvp<B> {
     pub fn scale_penalty(&self) -> Tensor<B, 1> {
         self.scales
             .iter()
-            .map(|scale| scale.scale_penalty())
+            .map(Scale::scale_penalty)
             .reduce(|a, b| a + b)
             .expect("a model has at least one scale")
     }
@@ -580,7 +580,7 @@ mod tests {
         }
     }
 
-    fn model<B: crate::ConvBackend>(config: &RealNvpConfig, seed: u64) -> RealNvp<B> {
+    fn model<B: ConvBackend>(config: &RealNvpConfig, seed: u64) -> RealNvp<B> {
         B::seed(&Default::default(), seed);
         let model = config.init::<B>(&Default::default()).expect("valid config");
         perturb(model, 0.05, seed)
@@ -865,7 +865,7 @@ mod tests {
         let marginal = values(m.log_density(y.clone()));
         for (i, &marginal) in marginal.iter().enumerate() {
             let terms: Vec<f64> = per_class.iter().map(|c| c[i] - 3f64.ln()).collect();
-            let max = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum = max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln();
             assert!(
                 (sum - marginal).abs() < 1e-3,

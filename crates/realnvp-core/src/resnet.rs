@@ -126,7 +126,7 @@ impl<B: ConvBackend> CouplingNet<B, 4> for ResNet<B> {
         let out = precision.apply(
             self.norm.forward_relu(h),
             self.output.weight.val(),
-            self.output.bias.as_ref().map(|bias| bias.val()),
+            self.output.bias.as_ref().map(burn::module::Param::val),
             conv3x3,
         );
         let changed = out.dims()[1] / 2;
@@ -161,7 +161,7 @@ mod tests {
         let out = burn::tensor::module::conv2d(
             net.norm.forward_relu(sum),
             net.output.weight.val(),
-            net.output.bias.as_ref().map(|b| b.val()),
+            net.output.bias.as_ref().map(burn::module::Param::val),
             burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
         );
         let expected = Tensor::cat(vec![s, t], 1);

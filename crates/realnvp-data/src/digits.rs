@@ -64,10 +64,10 @@ fn parse(text: &str, path: &Path) -> Result<ImageArray, DataError> {
         .from_reader(text.as_bytes());
     for record in reader.records() {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
+            let line = e.position().map_or(0, csv::Position::line);
             DataError::at(path, format!("line {line}"), e.to_string())
         })?;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record.position().map_or(0, csv::Position::line);
         let location = |column: usize| format!("line {line}, column {}", column + 1);
         if record.len() != 65 {
             return Err(DataError::at(

@@ -62,7 +62,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Table, DataError> {
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
     let mut records = reader.records().peekable();
-    let line_of = |record: &csv::StringRecord| record.position().map_or(0, |p| p.line());
+    let line_of = |record: &csv::StringRecord| record.position().map_or(0, csv::Position::line);
     let first = match records.peek() {
         None => return Err(DataError::dataset(path, "no rows")),
         Some(Err(e)) => return Err(csv_error(path, e)),
@@ -108,7 +108,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Table, DataError> {
 
 /// A CSV syntax error (an unclosed quote, invalid UTF-8), at its line.
 fn csv_error(path: &Path, e: &csv::Error) -> DataError {
-    let line = e.position().map_or(0, |p| p.line());
+    let line = e.position().map_or(0, csv::Position::line);
     DataError::at(path, format!("line {line}"), e.to_string())
 }
 

@@ -13,7 +13,7 @@ use realnvp_data::DatasetInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::schedule::{DecayKind, Schedule};
+use crate::state::schedule::{DecayKind, Schedule, ScheduleSettings};
 
 /// The configuration used when none is given: `configs/digits.toml`, built in.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/digits.toml");
@@ -322,6 +322,21 @@ pub struct TrainSettings {
     pub collective_timeout_seconds: f64,
 }
 
+impl TrainSettings {
+    /// The keys that shape the learning rate over the run.
+    pub fn schedule_settings(&self) -> ScheduleSettings {
+        ScheduleSettings {
+            learning_rate: self.learning_rate,
+            warmup_steps: self.warmup_steps,
+            schedule: self.schedule,
+            decay_steps: self.decay_steps,
+            decay_rate: self.decay_rate,
+            min_learning_rate: self.min_learning_rate,
+            max_steps: self.max_steps,
+        }
+    }
+}
+
 impl Default for TrainSettings {
     fn default() -> Self {
         Self {
@@ -450,7 +465,7 @@ impl RunConfig {
                 "a positive number of seconds",
             ));
         }
-        Schedule::new(t)?;
+        Schedule::new(&t.schedule_settings())?;
         Ok(())
     }
 

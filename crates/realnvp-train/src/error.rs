@@ -58,8 +58,8 @@ pub enum TrainError {
     TooManySamples {
         /// Samples asked for.
         requested: usize,
-        /// The most one picture holds ([`crate::grid::MAX_GRID_IMAGES`] images,
-        /// [`crate::grid::MAX_SCATTER_POINTS`] points).
+        /// The most one picture holds ([`crate::output::grid::MAX_GRID_IMAGES`] images,
+        /// [`crate::output::grid::MAX_SCATTER_POINTS`] points).
         limit: usize,
         /// `"image"` (a grid) or `"vector"` (a scatter density).
         picture: &'static str,
@@ -101,7 +101,7 @@ impl TrainError {
 
     /// The replicas of `differing` ranks hold other weights than that of `rank`.
     pub(crate) fn replicas_differ(differing: &[usize], rank: usize) -> Self {
-        let list: Vec<String> = differing.iter().map(|r| r.to_string()).collect();
+        let list: Vec<String> = differing.iter().map(ToString::to_string).collect();
         Self::collective(format!(
             "the replicas differ at the end of the run: worker(s) {} hold other weights than worker {rank}",
             list.join(", ")
@@ -132,7 +132,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// The ranks a timed-out rank blames, in words.
 fn silent_ranks(absent: &[usize], quiet: &[usize]) -> String {
     let list = |ranks: &[usize]| {
-        let names: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+        let names: Vec<String> = ranks.iter().map(ToString::to_string).collect();
         match ranks {
             [_] => format!("rank {}", names[0]),
             _ => format!("ranks {}", names.join(", ")),

@@ -8,7 +8,7 @@ use realnvp_data::ImageArray;
 
 use crate::data::Splits;
 use crate::error::TrainError;
-use crate::grid::{write_image_grid, write_scatter, MAX_GRID_IMAGES, MAX_SCATTER_POINTS};
+use crate::output::grid::{write_image_grid, write_scatter, MAX_GRID_IMAGES, MAX_SCATTER_POINTS};
 
 /// Samples decoded at once by [`write_samples`]: a grid of more is decoded in pieces of
 /// this many, so that memory holds the activations of these alone.

@@ -16,28 +16,25 @@
 //! `samples/step-<N>.png`, `checkpoints/step-<N>/`, `tensorboard/` and `export/` (with
 //! `export/best/`).
 
-pub mod checkpoint;
+//! The modules, in three groups besides the run's inputs ([`config`], [`data`],
+//! [`evaluate`], [`error`]):
+//! - [`run`]: the training loop and what one step shares between workers (one device,
+//!   threads over burn-collective, MPI ranks), and fine-tuning's start point;
+//! - [`state`]: what persists: the run directory, checkpoints, the learning-rate schedule;
+//! - [`output`]: what a person reads: metrics and progress, learning curves, TensorBoard
+//!   events, sample grids.
+
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod evaluate;
-pub mod grid;
-mod init_from;
-mod journal;
-#[cfg(feature = "mpi")]
-pub mod mpi_replicas;
-pub mod parallel;
-pub mod plot;
-pub mod replicas;
-pub mod run_dir;
-pub mod schedule;
-mod step_vector;
-pub mod tensorboard;
-pub mod trainer;
+pub mod output;
+pub mod run;
+pub mod state;
 
 pub use config::RunConfig;
 pub use error::TrainError;
 pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
-pub use parallel::{train_parallel, ParallelSummary};
-pub use run_dir::{RunDir, BEST_EXPORT};
-pub use trainer::{train, TrainOptions, TrainSummary};
+pub use run::parallel::{train_parallel, ParallelSummary};
+pub use run::trainer::{train, TrainOptions, TrainSummary};
+pub use state::run_dir::{RunDir, BEST_EXPORT};

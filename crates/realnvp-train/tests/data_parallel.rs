@@ -64,7 +64,9 @@ fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
 /// Trains `config` on one worker and on two; returns the final values of both runs and
 /// the two-worker run's summary, after checking that its two replicas ended bit-identical.
 fn one_and_two_workers(config: &RunConfig) -> (Vec<f32>, Vec<f32>, ParallelSummary) {
-    let _turn = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = COLLECTIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let device = Default::default();
@@ -149,7 +151,9 @@ samples = 16
 
 /// The values of the model a run of `config` starts from (step 0).
 fn final_values_before_training(config: &RunConfig) -> Vec<f32> {
-    let _turn = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = COLLECTIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("untrained");
     let mut untrained = config.clone();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use realnvp_train::data::Splits;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use super::SplitArg;
 use crate::backend::{self, Inference};

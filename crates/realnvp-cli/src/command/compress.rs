@@ -6,7 +6,7 @@ use anyhow::bail;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use realnvp_core::latent_space::{compress, Fill, Kept};
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 use crate::inputs::InputArgs;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use realnvp_core::latent_file::load_latents;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 use crate::inputs::{png_name, write_png};

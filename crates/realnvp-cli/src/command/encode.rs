@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use realnvp_core::latent_file::{save_latents, NamedLatents};
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use crate::backend;
 use crate::inputs::InputArgs;

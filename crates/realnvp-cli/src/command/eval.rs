@@ -6,7 +6,7 @@ use anyhow::Context;
 use realnvp_core::ConvPrecision;
 use realnvp_train::data::Splits;
 use realnvp_train::evaluate;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use super::SplitArg;
 use crate::backend::{self, Inference};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 use crate::latent::{

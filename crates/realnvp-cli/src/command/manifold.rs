@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use realnvp_core::latent_space::manifold;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 
 use crate::backend;
 use crate::inputs::InputArgs;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::RunDir;
 use realnvp_train::{write_samples, TrainError};
 
 use crate::backend::{self, Inference};

@@ -9,8 +9,8 @@ use realnvp_data::loader::VectorArray;
 use realnvp_data::tabular::{read_csv, Standardizer};
 use realnvp_train::config::DataConfig;
 use realnvp_train::data::Splits;
-use realnvp_train::plot::write_histograms;
-use realnvp_train::run_dir::RunDir;
+use realnvp_train::output::plot::write_histograms;
+use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 use crate::inputs::{read_images, split_examples};

@@ -4,7 +4,7 @@
 //! or panic ends the whole job with `MPI_Abort`: a rank that stopped alone would leave the
 //! others waiting in their next collective call.
 
-use realnvp_train::mpi_replicas::{abort_job, train_mpi, MpiJob, MpiSummary, RankPlace};
+use realnvp_train::run::mpi_replicas::{abort_job, train_mpi, MpiJob, MpiSummary, RankPlace};
 use realnvp_train::{RunConfig, TrainOptions};
 
 use anyhow::Context;

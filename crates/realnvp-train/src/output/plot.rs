@@ -26,34 +26,38 @@ pub const TEST: RGBColor = RGBColor(214, 39, 40);
 /// The family name the bundled font is registered under.
 const FAMILY: &str = "sans-serif";
 
+/// What drawing can fail with: plotters' errors, generic over its backend, boxed.
+type DrawError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Registers the bundled font with plotters, once per process.
-fn bundled_font() -> Result<(), String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            let bytes = include_bytes!("../assets/DejaVuSans-subset.ttf");
-            register_font(FAMILY, FontStyle::Normal, bytes)
-                .map_err(|_| "the bundled font (DejaVu Sans) is not a valid font".to_string())
-        })
-        .clone()
+fn bundled_font() -> Result<(), DrawError> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let registered = REGISTERED.get_or_init(|| {
+        let bytes = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+        register_font(FAMILY, FontStyle::Normal, bytes).is_ok()
+    });
+    match registered {
+        true => Ok(()),
+        false => Err("the bundled font (DejaVu Sans) is not a valid font".into()),
+    }
 }
 
 /// Draws a picture of `WIDTH` x `HEIGHT` with `draw` and saves it as a PNG at `path`.
 /// plotters draws into an RGB buffer; the `image` crate encodes it.
 fn save_png(
     path: &Path,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), DrawError>,
 ) -> Result<(), TrainError> {
-    let failed = |message: String| TrainError::io(path, std::io::Error::other(message));
+    let failed = |error: DrawError| TrainError::io(path, std::io::Error::other(error));
     bundled_font().map_err(failed)?;
     let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
         draw(&root).map_err(failed)?;
-        root.present().map_err(|e| failed(e.to_string()))?;
+        root.present().map_err(|e| failed(e.into()))?;
     }
     let image = RgbImage::from_raw(WIDTH, HEIGHT, buffer).expect("buffer of WIDTH x HEIGHT x 3");
-    image.save(path).map_err(|e| failed(e.to_string()))
+    image.save(path).map_err(|e| failed(e.into()))
 }
 
 /// A chart of both pictures: `f64` on both axes.
@@ -66,7 +70,7 @@ fn draw_axes(
     chart: &mut Chart,
     (x, y): (&str, &str),
     x_label: &dyn Fn(&f64) -> String,
-) -> Result<(), String> {
+) -> Result<(), DrawError> {
     chart
         .configure_mesh()
         .x_desc(x)
@@ -76,11 +80,11 @@ fn draw_axes(
         .axis_desc_style((FAMILY, 17))
         .light_line_style(WHITE.mix(0.0))
         .draw()
-        .map_err(|e| e.to_string())
+        .map_err(DrawError::from)
 }
 
 /// Draws the legend of the labelled series in the upper right corner.
-fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), DrawError> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -88,7 +92,7 @@ fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| e.to_string())
+        .map_err(DrawError::from)
 }
 
 /// `lo..hi` widened by `fraction` of its length on both sides (a flat range by 1e-3).
@@ -121,8 +125,7 @@ pub fn write_learning_curves(
         .copied()
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total_cmp(&b.0)));
     save_png(path, |root| {
-        let err = |e: &dyn std::fmt::Display| e.to_string();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+        root.fill(&WHITE)?;
         let all = || train.iter().chain(&test);
         let last_step = all().map(|p| p.0).fold(1.0, f64::max);
         let lo = all().map(|p| p.1).fold(f64::INFINITY, f64::min);
@@ -137,8 +140,7 @@ pub fn write_learning_curves(
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(65)
-            .build_cartesian_2d(0.0..last_step * 1.02, values)
-            .map_err(|e| err(&e))?;
+            .build_cartesian_2d(0.0..last_step * 1.02, values)?;
         draw_axes(&mut chart, ("training step", "bits/dim"), &|step| {
             format!("{step:.0}")
         })?;
@@ -146,19 +148,16 @@ pub fn write_learning_curves(
             .draw_series(LineSeries::new(
                 train.iter().copied(),
                 TRAIN.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
+            ))?
             .label("training (mean over each logging window)")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], TRAIN.stroke_width(2)));
         chart
-            .draw_series(LineSeries::new(test.iter().copied(), TEST.stroke_width(2)).point_size(3))
-            .map_err(|e| err(&e))?
+            .draw_series(LineSeries::new(test.iter().copied(), TEST.stroke_width(2)).point_size(3))?
             .label("held-out")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], TEST.stroke_width(2)));
         if let Some((step, bpd)) = best {
             chart
-                .draw_series([Circle::new((step, bpd), 8, BLACK.stroke_width(2))])
-                .map_err(|e| err(&e))?
+                .draw_series([Circle::new((step, bpd), 8, BLACK.stroke_width(2))])?
                 .label(format!("best held-out: {bpd:.4} at step {step}"))
                 .legend(|(x, y)| Circle::new((x + 12, y), 6, BLACK.stroke_width(2)));
         }
@@ -219,15 +218,13 @@ pub fn write_histograms(
     let top = fractions.iter().flatten().copied().fold(1e-9, f64::max) * 1.1;
     let width = (range.end - range.start) / bins as f64;
     save_png(path, |root| {
-        let err = |e: &dyn std::fmt::Display| e.to_string();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FAMILY, 22))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(range.clone(), 0.0..top)
-            .map_err(|e| err(&e))?;
+            .build_cartesian_2d(range.clone(), 0.0..top)?;
         draw_axes(
             &mut chart,
             ("bits/dim", "fraction of inputs per bin"),
@@ -251,8 +248,7 @@ pub fn write_histograms(
                     Rectangle::new([(left, 0.0), (left + width, f)], fill.filled())
                 });
             chart
-                .draw_series(bars)
-                .map_err(|e| err(&e))?
+                .draw_series(bars)?
                 .label(format!("{name} ({} inputs)", values.len()))
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], fill.filled()));
         }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use indicatif::{FormattedDuration, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::checkpoint::{write_atomic, TrainState};
 use crate::error::TrainError;
 use crate::evaluate::Evaluation;
-use crate::plot::write_learning_curves;
-use crate::run_dir::RunDir;
-use crate::tensorboard::EventWriter;
+use crate::output::plot::write_learning_curves;
+use crate::output::tensorboard::EventWriter;
+use crate::state::checkpoint::{write_atomic, TrainState};
+use crate::state::run_dir::RunDir;
 
 /// TensorBoard tag of the training bits/dim (mean over each logging window).
 pub const TAG_TRAIN: &str = "bits_per_dim/train";
@@ -366,7 +366,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
         .filter(|line| {
             serde_json::from_str::<serde_json::Value>(line)
                 .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
                 .is_some_and(|s| s <= step)
         })
         .map(|line| format!("{line}\n"))

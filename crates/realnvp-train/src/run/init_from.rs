@@ -9,7 +9,7 @@ use realnvp_core::flow::WEIGHTS_FILE;
 use realnvp_core::{AutodiffConvBackend, Flow};
 
 use crate::error::TrainError;
-use crate::run_dir::RunDir;
+use crate::state::run_dir::RunDir;
 
 /// Replaces the weights (and batch-norm running averages) of `model`, freshly initialised
 /// for this run, with those of the trained model in `dir`: an export directory, or a run

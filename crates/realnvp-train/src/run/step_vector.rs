@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, TensorData};
 use realnvp_core::Flow;
 
 use crate::error::TrainError;
-use crate::replicas::ReducedStep;
+use crate::run::replicas::ReducedStep;
 
 /// Where the parts of a packed step lie in its flat vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -226,7 +226,7 @@ impl Loaded {
 
 impl Checkpoints {
     /// The checkpoints in `dir` (a run directory's `checkpoints/`: see
-    /// [`crate::run_dir::RunDir::checkpoints`]).
+    /// [`crate::state::run_dir::RunDir::checkpoints`]).
     pub fn in_dir(dir: PathBuf) -> Self {
         Self { dir }
     }
@@ -242,7 +242,7 @@ impl Checkpoints {
             return Vec::new();
         };
         let mut found: Vec<(u64, PathBuf)> = entries
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let step = name.strip_prefix("step-")?.parse().ok()?;

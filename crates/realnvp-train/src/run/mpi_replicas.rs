@@ -1,7 +1,7 @@
 //! Data-parallel training across processes and machines on MPI (the `mpi` feature): one
 //! process per device, launched by `mpirun` or Slurm's `srun`, each answering the
 //! [`Replicas`] calls of its training step with MPI collectives. Every rule of the
-//! in-process path ([`crate::parallel`]) holds: the global batch, the per-rank shards and
+//! in-process path ([`crate::run::parallel`]) holds: the global batch, the per-rank shards and
 //! noise, the averaged running averages, the non-finite check after the reduce, and only
 //! rank 0 writing.
 //!
@@ -40,13 +40,13 @@ use mpi::traits::*;
 use mpi::Threading;
 use realnvp_core::{AutodiffConvBackend, Flow};
 
-use crate::checkpoint::checksum;
 use crate::config::RunConfig;
 use crate::data::Splits;
 use crate::error::{error_chain, TrainError};
-use crate::replicas::{model_fingerprint, ReducedStep, Replicas, StopVotes};
-use crate::step_vector;
-use crate::trainer::{run_worker, TrainOptions, TrainSummary};
+use crate::run::replicas::{model_fingerprint, ReducedStep, Replicas, StopVotes};
+use crate::run::step_vector;
+use crate::run::trainer::{run_worker, TrainOptions, TrainSummary};
+use crate::state::checkpoint::checksum;
 
 /// This process's place in an MPI job.
 #[derive(Debug, Clone, PartialEq, Eq)]

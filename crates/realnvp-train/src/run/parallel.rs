@@ -2,7 +2,7 @@
 //! worker thread per device, each reading its shard of every step's batch, with gradients,
 //! batch-norm running averages and the step's bits/dim combined by all-reduce. Across
 //! processes and machines the same [`Replicas`] calls run on MPI instead
-//! (`crate::mpi_replicas`, the `mpi` feature).
+//! (`crate::run::mpi_replicas`, the `mpi` feature).
 //!
 //! How a run is kept correct (on MPI too):
 //! - the leader (rank 0) makes the start point (fresh weights or the newest checkpoint) and
@@ -39,9 +39,9 @@ use realnvp_core::{AutodiffConvBackend, Flow};
 use crate::config::RunConfig;
 use crate::data::Splits;
 use crate::error::TrainError;
-use crate::replicas::{model_fingerprint, ReducedStep, Replicas, StopVotes};
-use crate::step_vector;
-use crate::trainer::{run_worker, TrainOptions, TrainSummary};
+use crate::run::replicas::{model_fingerprint, ReducedStep, Replicas, StopVotes};
+use crate::run::step_vector;
+use crate::run::trainer::{run_worker, TrainOptions, TrainSummary};
 
 /// What a data-parallel run reports.
 #[derive(Debug, Clone)]

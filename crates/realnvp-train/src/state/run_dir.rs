@@ -22,9 +22,9 @@ use burn::tensor::backend::Backend;
 use realnvp_core::flow::{CONFIG_FILE, WEIGHTS_FILE};
 use realnvp_core::{export_model, ConvBackend, Flow, FlowConfig};
 
-use crate::checkpoint::{write_atomic, Checkpoints, EMA, MODEL};
 use crate::config::RunConfig;
 use crate::error::TrainError;
+use crate::state::checkpoint::{write_atomic, Checkpoints, EMA, MODEL};
 
 /// File name of the resolved run configuration.
 pub const CONFIG: &str = "config.toml";

@@ -19,7 +19,6 @@ use burn::record::Record;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainSettings;
 use crate::error::TrainError;
 
 /// How the learning rate decays after the warmup (`train.schedule`).
@@ -38,6 +37,40 @@ pub enum DecayKind {
     Exponential,
     /// Multiplied by `train.decay_rate` at once after every `train.decay_steps` steps.
     Step,
+}
+
+/// The keys of `[train]` that shape the learning rate over a run (see
+/// `TrainSettings`, whose fields of the same names these are).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduleSettings {
+    /// The rate after the warmup (`train.learning_rate`).
+    pub learning_rate: f64,
+    /// Steps of linear warmup (`train.warmup_steps`).
+    pub warmup_steps: u64,
+    /// The decay after the warmup (`train.schedule`).
+    pub schedule: DecayKind,
+    /// Steps of the cosine, or per factor of `decay_rate` (`train.decay_steps`).
+    pub decay_steps: Option<u64>,
+    /// The factor per `decay_steps` (`train.decay_rate`).
+    pub decay_rate: f64,
+    /// The cosine's final rate (`train.min_learning_rate`).
+    pub min_learning_rate: f64,
+    /// The run's step limit, the cosine's default end (`train.max_steps`).
+    pub max_steps: Option<u64>,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-3,
+            warmup_steps: 0,
+            schedule: DecayKind::Constant,
+            decay_steps: None,
+            decay_rate: 0.1,
+            min_learning_rate: 0.0,
+            max_steps: None,
+        }
+    }
 }
 
 /// The decay phase: one of Burn's schedulers, on a factor starting at 1.
@@ -90,7 +123,7 @@ pub enum DecayRecord<B: Backend> {
 
 impl Schedule {
     /// The schedule `t` describes; errors name the `train.` key at fault.
-    pub fn new(t: &TrainSettings) -> Result<Self, TrainError> {
+    pub fn new(t: &ScheduleSettings) -> Result<Self, TrainError> {
         let bad = |key: &str, message: String| TrainError::Config {
             origin: format!("train.{key}"),
             message,
@@ -184,7 +217,7 @@ impl Schedule {
 }
 
 /// `train.decay_rate`, checked.
-fn decay_rate(t: &TrainSettings) -> Result<f64, TrainError> {
+fn decay_rate(t: &ScheduleSettings) -> Result<f64, TrainError> {
     if t.decay_rate > 0.0 && t.decay_rate < 1.0 {
         Ok(t.decay_rate)
     } else {
@@ -299,19 +332,19 @@ mod tests {
     use burn::backend::Flex;
     use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 
-    fn settings(schedule: DecayKind, warmup: u64, decay_steps: Option<u64>) -> TrainSettings {
-        TrainSettings {
+    fn settings(schedule: DecayKind, warmup: u64, decay_steps: Option<u64>) -> ScheduleSettings {
+        ScheduleSettings {
             learning_rate: 2e-3,
             warmup_steps: warmup,
             schedule,
             decay_steps,
             decay_rate: 0.25,
             min_learning_rate: 2e-4,
-            ..TrainSettings::default()
+            ..ScheduleSettings::default()
         }
     }
 
-    fn rates(t: &TrainSettings, steps: usize) -> Vec<f64> {
+    fn rates(t: &ScheduleSettings, steps: usize) -> Vec<f64> {
         let mut schedule = Schedule::new(t).unwrap();
         (0..steps).map(|_| schedule.step()).collect()
     }
@@ -350,7 +383,7 @@ mod tests {
 
     #[test]
     fn cosine_defaults_to_the_steps_up_to_max_steps() {
-        let t = TrainSettings {
+        let t = ScheduleSettings {
             max_steps: Some(13),
             ..settings(DecayKind::Cosine, 3, None)
         };
@@ -414,16 +447,16 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
-        let message = |t: TrainSettings| Schedule::new(&t).err().unwrap().to_string();
+        let message = |t: ScheduleSettings| Schedule::new(&t).err().unwrap().to_string();
         let cosine = settings(DecayKind::Cosine, 0, None);
-        assert!(message(cosine.clone()).contains("train.decay_steps"));
-        let floor_too_high = TrainSettings {
+        assert!(message(cosine).contains("train.decay_steps"));
+        let floor_too_high = ScheduleSettings {
             min_learning_rate: 1.0,
             ..settings(DecayKind::Cosine, 0, Some(5))
         };
         assert!(message(floor_too_high).contains("train.min_learning_rate"));
         for kind in [DecayKind::Exponential, DecayKind::Step] {
-            let growing = TrainSettings {
+            let growing = ScheduleSettings {
                 decay_rate: 1.5,
                 ..settings(kind, 0, Some(5))
             };

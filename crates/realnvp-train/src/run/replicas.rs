@@ -1,7 +1,7 @@
 //! What a worker's training step needs from the other workers of a run. One device has
 //! no others ([`Solo`]: every call gives its input back); data-parallel training answers
 //! the same calls with an all-reduce: burn-collective's between the threads of one process
-//! ([`crate::parallel`]), MPI's between processes and machines (`crate::mpi_replicas`,
+//! ([`crate::run::parallel`]), MPI's between processes and machines (`crate::run::mpi_replicas`,
 //! the `mpi` feature). The step itself (`trainer`) is written once against this trait.
 
 use burn::module::Module;
@@ -10,8 +10,8 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use realnvp_core::Flow;
 
-use crate::checkpoint::checksum;
 use crate::error::TrainError;
+use crate::state::checkpoint::checksum;
 
 /// Why a run stops early, as voted by each worker before a step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

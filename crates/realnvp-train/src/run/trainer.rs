@@ -25,18 +25,18 @@ use realnvp_core::{
 use realnvp_data::loader::{Shard, StreamConfig, StreamPosition, TrainStream};
 use serde::Serialize;
 
-use crate::checkpoint::{
-    Checkpoints, Loaded, Payload, TrainState, EMA, MODEL, OPTIMIZER, SCHEDULE,
-};
 use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
 use crate::error::{error_chain, TrainError};
 use crate::evaluate::{check_sample_count, evaluate, write_samples, Evaluation, Split};
-use crate::init_from::init_from;
-use crate::journal::{Horizon, Journal};
-use crate::replicas::{Replicas, Solo, StopVotes};
-use crate::run_dir::RunDir;
-use crate::schedule::Schedule;
+use crate::output::journal::{Horizon, Journal};
+use crate::run::init_from::init_from;
+use crate::run::replicas::{Replicas, Solo, StopVotes};
+use crate::state::checkpoint::{
+    Checkpoints, Loaded, Payload, TrainState, EMA, MODEL, OPTIMIZER, SCHEDULE,
+};
+use crate::state::run_dir::RunDir;
+use crate::state::schedule::Schedule;
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -212,9 +212,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             None => {}
         }
         let schedule = match start.record(SCHEDULE, device)? {
-            Some(record) => Schedule::new(t)?.load_record::<B>(record),
+            Some(record) => Schedule::new(&t.schedule_settings())?.load_record::<B>(record),
             // A fresh run, or a checkpoint from before schedules were saved.
-            None => Schedule::new(t)?.advanced(start.state.step),
+            None => Schedule::new(&t.schedule_settings())?.advanced(start.state.step),
         };
         let stream_config = StreamConfig {
             batch_size: t.batch_size,
