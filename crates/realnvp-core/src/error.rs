@@ -16,11 +16,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(
-        key: &'static str,
-        value: impl ToString,
-        expected: impl Into<String>,
-    ) -> Self {
+    /// `key` holds `value`, which is not what it must satisfy (`expected`).
+    pub fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>) -> Self {
         Self::Invalid {
             key,
             value: value.to_string(),

@@ -1,17 +1,17 @@
-//! Either kind of model behind one type, and its inference export: weights as
-//! safetensors (through burn-store) beside the model configuration as TOML.
+//! Either kind of model behind one type, for storage: the inference export (weights as
+//! safetensors through burn-store, beside the model configuration as TOML) and the
+//! trainer's checkpoints hold a [`Flow`]. Computation takes the model of its kind
+//! (`RealNvp`, `VectorRealNvp`), so that a batch of the other kind cannot be given.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::model::{RealNvp, RealNvpConfig};
-use crate::precision::ConvPrecision;
-use crate::preprocess::Dequantization;
 use crate::vector::{VectorRealNvp, VectorRealNvpConfig};
 use realnvp_conv::ConvBackend;
 
@@ -44,33 +44,6 @@ impl FlowConfig {
     }
 }
 
-/// A batch for either model kind.
-#[derive(Debug, Clone)]
-pub enum FlowBatch<B: Backend> {
-    /// Integer pixels `[batch, channels, height, width]`.
-    Images(Tensor<B, 4>),
-    /// Integer pixels and their class labels `[batch]`: scored by `log p(x | label)` on a
-    /// class-conditional model, by `log p(x)` (labels ignored) on any other.
-    LabelledImages(Tensor<B, 4>, Tensor<B, 1, Int>),
-    /// Real vectors `[batch, dims]`.
-    Vectors(Tensor<B, 2>),
-}
-
-impl<B: Backend> FlowBatch<B> {
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        match self {
-            FlowBatch::Images(x) | FlowBatch::LabelledImages(x, _) => x.dims()[0],
-            FlowBatch::Vectors(x) => x.dims()[0],
-        }
-    }
-
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// An image or a vector Real NVP.
 // One model is held at a time, never in bulk, so the variants' size difference costs
 // nothing; boxing would hide the module from burn's derive.
@@ -81,71 +54,6 @@ pub enum Flow<B: Backend> {
     Image(RealNvp<B>),
     /// A vector Real NVP.
     Vector(VectorRealNvp<B>),
-}
-
-impl<B: ConvBackend> Flow<B> {
-    /// Bits/dim per example, shape `[batch]`: for images those of the integer pixels
-    /// (dequantisation and logit included); for vectors `-log p(x) / (D ln 2)` of the
-    /// continuous density, which can be negative.
-    ///
-    /// # Panics
-    /// If the batch kind does not match the model kind.
-    pub fn bits_per_dim(
-        &self,
-        batch: FlowBatch<B>,
-        dequantization: Dequantization,
-    ) -> Tensor<B, 1> {
-        match (self, batch) {
-            (Flow::Image(m), FlowBatch::Images(x)) => m.bits_per_dim(x, dequantization),
-            (Flow::Image(m), FlowBatch::LabelledImages(x, labels)) => {
-                m.bits_per_dim_given(x, labels, dequantization)
-            }
-            (Flow::Vector(m), FlowBatch::Vectors(x)) => {
-                let dims = m.dims() as f64;
-                m.log_prob(x).div_scalar(-dims * std::f64::consts::LN_2)
-            }
-            _ => panic!(
-                "a batch of the other kind was given to a {} model",
-                self.kind()
-            ),
-        }
-    }
-
-    /// This model with its s/t convolutions computed in `precision`, after checking that
-    /// the backend computes in that type on `device`. Vector models have no convolutions:
-    /// they accept `f32` only.
-    pub fn with_conv_precision(
-        self,
-        precision: ConvPrecision,
-        device: &B::Device,
-    ) -> Result<Self, ConfigError> {
-        precision.check::<B>(device)?;
-        match self {
-            Flow::Image(m) => Ok(Flow::Image(m.with_conv_precision(precision))),
-            Flow::Vector(_) if precision != ConvPrecision::F32 => Err(ConfigError::invalid(
-                "conv_precision",
-                precision,
-                "f32 for a vector model: its couplings are MLPs, without convolutions",
-            )),
-            vector => Ok(vector),
-        }
-    }
-
-    /// `"image"` or `"vector"`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Flow::Image(_) => "image",
-            Flow::Vector(_) => "vector",
-        }
-    }
-
-    /// Sum of squared coupling scales, for the L2 penalty.
-    pub fn scale_penalty(&self) -> Tensor<B, 1> {
-        match self {
-            Flow::Image(m) => m.scale_penalty(),
-            Flow::Vector(m) => m.scale_penalty(),
-        }
-    }
 }
 
 /// A model export that cannot be written or read; names the file.
@@ -265,6 +173,7 @@ pub fn load_model<B: ConvBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::Dequantization;
     use crate::testing::*;
 
     #[test]
@@ -285,8 +194,11 @@ mod tests {
         let (loaded, loaded_config) = load_model::<Cpu>(dir.path(), &device).expect("readable");
         assert_eq!(loaded_config, config);
         let x = uniform::<Cpu, 4>([3, 1, 8, 8], 0.0, 256.0, 2).floor();
-        let a = model.bits_per_dim(FlowBatch::Images(x.clone()), Dequantization::Centre);
-        let b = loaded.bits_per_dim(FlowBatch::Images(x), Dequantization::Centre);
+        let (Flow::Image(model), Flow::Image(loaded)) = (model, loaded) else {
+            panic!("an image model was exported");
+        };
+        let a = model.bits_per_dim(x.clone(), Dequantization::Centre);
+        let b = loaded.bits_per_dim(x, Dequantization::Centre);
         assert_eq!(
             values(a),
             values(b),

@@ -54,7 +54,7 @@ pub mod testing;
 
 pub use bijector::Bijector;
 pub use error::ConfigError;
-pub use flow::{export_model, load_model, ExportError, Flow, FlowBatch, FlowConfig};
+pub use flow::{export_model, load_model, ExportError, Flow, FlowConfig};
 pub use model::{Latents, RealNvp, RealNvpConfig};
 pub use precision::ConvPrecision;
 pub use preprocess::{Dequantization, Preprocess, PreprocessConfig};

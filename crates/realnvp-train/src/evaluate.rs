@@ -2,17 +2,11 @@
 
 use std::path::Path;
 
-use realnvp_core::{ConvBackend, Dequantization, Flow, FlowBatch};
-use realnvp_data::loader::{eval_batches, Fetch, ImageSource, VectorArray};
-use realnvp_data::ImageArray;
+use realnvp_core::{ConvBackend, Dequantization, RealNvp};
+use realnvp_data::loader::{eval_batches, Fetch};
 
-use crate::data::Splits;
 use crate::error::TrainError;
-use crate::output::grid::{write_image_grid, write_scatter, MAX_GRID_IMAGES, MAX_SCATTER_POINTS};
-
-/// Samples decoded at once by [`write_samples`]: a grid of more is decoded in pieces of
-/// this many, so that memory holds the activations of these alone.
-const SAMPLE_CHUNK: usize = 1024;
+use crate::kind::{Data, FlowKind, Images};
 
 /// Bits/dim and negative log-likelihood of a split.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -49,9 +43,9 @@ pub enum Split {
 /// Evaluates `model` (evaluation mode: use a non-autodiff backend) on up to `limit`
 /// examples of `split`, in batches of `batch_size`. The dequantisation noise is seeded
 /// with `seed`, so the figure is reproducible.
-pub fn evaluate<B: ConvBackend>(
-    model: &Flow<B>,
-    splits: &Splits,
+pub fn evaluate<K: FlowKind, B: ConvBackend>(
+    model: &K::Model<B>,
+    data: &Data<K>,
     split: Split,
     batch_size: usize,
     limit: Option<usize>,
@@ -59,30 +53,24 @@ pub fn evaluate<B: ConvBackend>(
     device: &B::Device,
 ) -> Result<Evaluation, TrainError> {
     B::seed(device, seed);
-    let train_split = split == Split::Train;
-    let conditional = matches!(model, Flow::Image(m) if m.classes() > 0);
-    let (dims, (total_bpd, total_given, examples)) = match splits {
-        Splits::Images {
-            train, test, info, ..
-        } => {
-            let source: &ImageSource = if train_split { train } else { test };
-            let sums = sum_bits_per_dim(model, source, limit, batch_size, |b: ImageArray| {
-                let batch = b.to_batch(device);
-                match (conditional, batch.labels) {
-                    (true, Some(labels)) => FlowBatch::LabelledImages(batch.pixels, labels),
-                    _ => FlowBatch::Images(batch.pixels),
-                }
-            })?;
-            (info.shape.iter().product::<usize>(), sums)
-        }
-        Splits::Vectors { train, test, .. } => {
-            let source: &VectorArray = if train_split { train } else { test };
-            let sums = sum_bits_per_dim(model, source, limit, batch_size, |b: VectorArray| {
-                FlowBatch::Vectors(b.to_tensor(device))
-            })?;
-            (train.dims, sums)
-        }
+    let source = Limited {
+        inner: match split {
+            Split::Train => &data.train,
+            Split::Test => &data.test,
+        },
+        limit,
     };
+    let (mut total_bpd, mut total_given, mut examples) = (0.0, None, 0);
+    for batch in eval_batches(&source, batch_size) {
+        let batch = K::batch(model, batch?, device)?;
+        let (marginal, given, count) = K::bits_per_dim_sums(model, batch);
+        total_bpd += marginal;
+        if let Some(given) = given {
+            *total_given.get_or_insert(0.0) += given;
+        }
+        examples += count;
+    }
+    let dims = K::model_dims(model);
     let bits_per_dim = total_bpd / examples.max(1) as f64;
     Ok(Evaluation {
         bits_per_dim,
@@ -90,38 +78,6 @@ pub fn evaluate<B: ConvBackend>(
         examples,
         given_label_bits_per_dim: total_given.map(|total| total / examples.max(1) as f64),
     })
-}
-
-/// Sums of the marginal bits/dim of the first `limit` examples of `source` and, for
-/// labelled batches of a class-conditional model, of their bits/dim given the label (both
-/// from one pass); and their number.
-fn sum_bits_per_dim<B: ConvBackend, S: Fetch>(
-    model: &Flow<B>,
-    source: &S,
-    limit: Option<usize>,
-    batch_size: usize,
-    to_batch: impl Fn(S::Batch) -> FlowBatch<B>,
-) -> Result<(f64, Option<f64>, usize), TrainError> {
-    let source = Limited {
-        inner: source,
-        limit,
-    };
-    let sum = |t: burn::tensor::Tensor<B, 1>| t.sum().into_scalar().elem_f64();
-    let (mut total, mut total_given, mut examples) = (0.0, None, 0);
-    for batch in eval_batches(&source, batch_size) {
-        let batch = to_batch(batch?);
-        examples += batch.len();
-        match (model, batch) {
-            (Flow::Image(m), FlowBatch::LabelledImages(x, labels)) => {
-                let (marginal, given) =
-                    m.bits_per_dim_marginal_and_given(x, labels, Dequantization::Uniform);
-                total += sum(marginal);
-                *total_given.get_or_insert(0.0) += sum(given);
-            }
-            (_, batch) => total += sum(model.bits_per_dim(batch, Dequantization::Uniform)),
-        }
-    }
-    Ok((total, total_given, examples))
 }
 
 /// Accuracy of a class-conditional model's Bayes classifier on a split.
@@ -139,26 +95,22 @@ pub struct Classification {
 /// priors, `argmax_k log p(x | k)`, pixels dequantised to the centres of their bins.
 /// Errors unless `model` is a class-conditional image model and the split is labelled.
 pub fn classify<B: ConvBackend>(
-    model: &Flow<B>,
-    splits: &Splits,
+    model: &RealNvp<B>,
+    data: &Data<Images>,
     split: Split,
     batch_size: usize,
     limit: Option<usize>,
     device: &B::Device,
 ) -> Result<Classification, TrainError> {
-    let not_conditional = || TrainError::Config {
-        origin: "model".into(),
-        message: "not a class-conditional model (train with model.conditional = true)".into(),
-    };
-    let (Flow::Image(model), Splits::Images { train, test, .. }) = (model, splits) else {
-        return Err(not_conditional());
-    };
     let classes = model.classes();
     if classes == 0 {
         return Err(not_conditional());
     }
     let source = Limited {
-        inner: if split == Split::Train { train } else { test },
+        inner: match split {
+            Split::Train => &data.train,
+            Split::Test => &data.test,
+        },
         limit,
     };
     let mut confusion = vec![vec![0usize; classes]; classes];
@@ -215,77 +167,38 @@ impl<S: Fetch> Fetch for Limited<'_, S> {
     }
 }
 
-trait ElemF64 {
-    fn elem_f64(self) -> f64;
-}
-
-impl<E: burn::tensor::ElementConversion> ElemF64 for E {
-    fn elem_f64(self) -> f64 {
-        self.elem::<f64>()
-    }
-}
-
-/// Refuses `n` samples when they are more than one picture of `model`'s kind holds
-/// ([`MAX_GRID_IMAGES`] images, [`MAX_SCATTER_POINTS`] points).
-pub fn check_sample_count<B: ConvBackend>(model: &Flow<B>, n: usize) -> Result<(), TrainError> {
-    let limit = match model {
-        Flow::Image(_) => MAX_GRID_IMAGES,
-        Flow::Vector(_) => MAX_SCATTER_POINTS,
-    };
-    if n > limit {
+/// Refuses `n` samples when they are more than one picture of kind `K` holds
+/// ([`FlowKind::MAX_SAMPLES`]).
+pub fn check_sample_count<K: FlowKind>(n: usize) -> Result<(), TrainError> {
+    if n > K::MAX_SAMPLES {
         return Err(TrainError::TooManySamples {
             requested: n,
-            limit,
-            picture: model.kind(),
+            limit: K::MAX_SAMPLES,
+            picture: K::NAME,
         });
     }
     Ok(())
 }
 
-/// Draws `n` samples at `temperature` (seeded) and writes them to `path` as PNG: an image
-/// grid for image models, a 2-D histogram for 2-D vector models.
-pub fn write_samples<B: ConvBackend>(
-    model: &Flow<B>,
+/// Draws `n` samples of `model` at `temperature`, seeded by `seed`, into the PNG `path`:
+/// a square grid of images, or for a 2-D vector model the scatter density of its samples.
+pub fn write_samples<K: FlowKind, B: ConvBackend>(
+    model: &K::Model<B>,
     path: &Path,
     n: usize,
     temperature: f64,
     seed: u64,
     device: &B::Device,
 ) -> Result<(), TrainError> {
-    check_sample_count(model, n)?;
+    check_sample_count::<K>(n)?;
     B::seed(device, seed);
-    match model {
-        Flow::Image(m) => {
-            let latents = m.sample_latents(n, temperature, device);
-            let samples = m
-                .preprocess()
-                .quantize(m.decode_in_chunks(latents, SAMPLE_CHUNK));
-            let shape = samples.dims();
-            let pixels = samples
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
-            let columns = (n as f64).sqrt().ceil() as usize;
-            write_image_grid(path, &pixels, shape, m.preprocess().levels(), columns)
-        }
-        Flow::Vector(m) => {
-            if m.dims() != 2 {
-                return Err(TrainError::Config {
-                    origin: "sample".into(),
-                    message: format!(
-                        "a {}-dimensional vector model has no picture; only 2-D models are drawn",
-                        m.dims()
-                    ),
-                });
-            }
-            let points = m
-                .sample(n, temperature, device)
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default();
-            write_scatter(path, &points, 4.0, 256)
-        }
+    K::draw_samples(model, path, n, temperature, device)
+}
+
+/// The error of classifying with a model that has no class prior.
+pub fn not_conditional() -> TrainError {
+    TrainError::Config {
+        origin: "model".into(),
+        message: "not a class-conditional model (train with model.conditional = true)".into(),
     }
 }

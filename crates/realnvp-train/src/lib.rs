@@ -16,8 +16,12 @@
 //! `samples/step-<N>.png`, `checkpoints/step-<N>/`, `tensorboard/` and `export/` (with
 //! `export/best/`).
 
-//! The modules, in three groups besides the run's inputs ([`config`], [`data`],
-//! [`evaluate`], [`error`]):
+//! The two kinds of flow, image and vector, are one trait, [`FlowKind`]: the run loop,
+//! evaluation, samples and checkpoints are written once, generic over the kind, and
+//! [`with_kind`] is the one place that decides which kind a model is.
+//!
+//! The modules, in three groups besides the kinds ([`kind`]) and the run's inputs
+//! ([`config`], [`data`], [`evaluate`], [`error`]):
 //! - [`run`]: the training loop and what one step shares between workers (one device,
 //!   threads over burn-collective, MPI ranks), and fine-tuning's start point;
 //! - [`state`]: what persists: the run directory, checkpoints, the learning-rate schedule;
@@ -28,6 +32,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod kind;
 pub mod output;
 pub mod run;
 pub mod state;
@@ -35,6 +40,7 @@ pub mod state;
 pub use config::RunConfig;
 pub use error::TrainError;
 pub use evaluate::{classify, evaluate, write_samples, Classification, Evaluation, Split};
+pub use kind::{with_kind, Data, FlowKind, Images, KindVisitor, Vectors};
 pub use run::parallel::{train_parallel, ParallelSummary};
 pub use run::trainer::{train, TrainOptions, TrainSummary};
 pub use state::run_dir::{RunDir, BEST_EXPORT};

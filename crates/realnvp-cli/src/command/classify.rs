@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use realnvp_train::data::Splits;
-use realnvp_train::RunDir;
+use realnvp_train::evaluate::not_conditional;
+use realnvp_train::{FlowKind, Images, RunDir};
 
 use super::SplitArg;
 use crate::backend::{self, Inference};
@@ -32,10 +33,11 @@ impl Args {
         let config = run.config()?;
         let device = backend::device();
         let (model, _) = run.load_model::<Inference>(&device)?;
-        let splits = Splits::load(&config.data, config.train.seed)?;
+        let model = Images::from_flow(model).ok_or_else(not_conditional)?;
+        let data = Images::data(Splits::load(&config.data, config.train.seed)?)?;
         let result = realnvp_train::classify(
             &model,
-            &splits,
+            &data,
             self.split.into(),
             config.train.eval_batch_size,
             self.limit,

@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use realnvp_core::ConvPrecision;
+use realnvp_core::{ConvPrecision, Flow};
+use realnvp_train::config::DataConfig;
 use realnvp_train::data::Splits;
-use realnvp_train::evaluate;
-use realnvp_train::RunDir;
+use realnvp_train::kind::model_of_kind;
+use realnvp_train::{evaluate, with_kind, Evaluation, FlowKind, KindVisitor, RunDir};
 
 use super::SplitArg;
-use crate::backend::{self, Inference};
+use crate::backend::{self, Device, Inference};
 
 // The flags of `realnvp eval`.
 #[derive(clap::Args, Debug)]
@@ -38,26 +39,22 @@ impl Args {
         let run = RunDir::at(&self.run);
         let config = run.config()?;
         let device = backend::device();
-        let (model, _) = run.load_model::<Inference>(&device)?;
-        let precision = self.conv_precision;
-        let model = model
-            .with_conv_precision(precision, &device)
-            .context("--conv-precision")?;
-        let splits = Splits::load(&config.data, config.train.seed)?;
-        let result = evaluate(
-            &model,
-            &splits,
-            self.split.into(),
-            config.train.eval_batch_size,
-            self.limit,
-            config.train.seed,
-            &device,
-        )?;
+        let (model, flow_config) = run.load_model::<Inference>(&device)?;
+        let evaluate = Evaluate {
+            args: &self,
+            model,
+            data: config.data,
+            eval_batch_size: config.train.eval_batch_size,
+            seed: config.train.seed,
+            device,
+        };
+        let result = with_kind(flow_config, evaluate)?;
         if self.json {
             println!("{}", serde_json::to_string(&result)?);
             return Ok(());
         }
         eprintln!("backend: {}", backend::NAME);
+        let precision = self.conv_precision;
         if precision != ConvPrecision::F32 {
             eprintln!("s/t convolutions in {precision}");
         }
@@ -69,5 +66,35 @@ impl Args {
             println!("{given:.4} bits/dim given the label (the training objective)");
         }
         Ok(())
+    }
+}
+
+/// The evaluation of a loaded model, once its kind is known.
+struct Evaluate<'a> {
+    args: &'a Args,
+    model: Flow<Inference>,
+    data: DataConfig,
+    eval_batch_size: usize,
+    seed: u64,
+    device: Device,
+}
+
+impl KindVisitor for Evaluate<'_> {
+    type Output = anyhow::Result<Evaluation>;
+
+    fn visit<K: FlowKind>(self, _settings: K::Settings) -> Self::Output {
+        let model = model_of_kind::<K, Inference>(self.model)?;
+        let model = K::with_conv_precision(model, self.args.conv_precision, &self.device)
+            .context("--conv-precision")?;
+        let data = K::data(Splits::load(&self.data, self.seed)?)?;
+        Ok(evaluate::<K, Inference>(
+            &model,
+            &data,
+            self.args.split.into(),
+            self.eval_batch_size,
+            self.args.limit,
+            self.seed,
+            &self.device,
+        )?)
     }
 }

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use realnvp_train::RunDir;
-use realnvp_train::{write_samples, TrainError};
+use realnvp_core::Flow;
+use realnvp_train::kind::model_of_kind;
+use realnvp_train::{with_kind, write_samples, FlowKind, KindVisitor, RunDir, TrainError};
 
-use crate::backend::{self, Inference};
+use crate::backend::{self, Device, Inference};
 use crate::latent;
 
 // The flags of `realnvp sample`.
@@ -60,13 +61,41 @@ impl Args {
             bail!("--n must be positive and --temperature >= 0 (got {n}, {temperature})");
         }
         let device = backend::device();
-        let (model, _) = RunDir::at(&self.run).load_model::<Inference>(&device)?;
+        let (model, flow_config) = RunDir::at(&self.run).load_model::<Inference>(&device)?;
         eprintln!("backend: {}", backend::NAME);
-        match write_samples(&model, &self.out, n, temperature, self.seed, &device) {
+        let draw = Draw {
+            args: &self,
+            model,
+            device,
+        };
+        match with_kind(flow_config, draw) {
             Err(e @ TrainError::TooManySamples { .. }) => Err(anyhow::Error::new(e).context("--n")),
             result => Ok(result?),
         }?;
         println!("{}", self.out.display());
         Ok(())
+    }
+}
+
+/// The sample picture of a loaded model, once its kind is known.
+struct Draw<'a> {
+    args: &'a Args,
+    model: Flow<Inference>,
+    device: Device,
+}
+
+impl KindVisitor for Draw<'_> {
+    type Output = Result<(), TrainError>;
+
+    fn visit<K: FlowKind>(self, _settings: K::Settings) -> Self::Output {
+        let model = model_of_kind::<K, Inference>(self.model)?;
+        let Args {
+            n,
+            temperature,
+            seed,
+            out,
+            ..
+        } = self.args;
+        write_samples::<K, Inference>(&model, out, *n, *temperature, *seed, &self.device)
     }
 }

@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
-use realnvp_core::{Dequantization, Flow, FlowBatch, FlowConfig};
+use realnvp_core::{Dequantization, Flow, RealNvp, VectorRealNvp};
 use realnvp_data::loader::VectorArray;
 use realnvp_data::tabular::{read_csv, Standardizer};
 use realnvp_train::config::DataConfig;
 use realnvp_train::data::Splits;
+use realnvp_train::kind::ImageBatch;
 use realnvp_train::output::plot::write_histograms;
-use realnvp_train::RunDir;
+use realnvp_train::{FlowKind, Images, RunDir, Vectors};
 
 use crate::backend::{self, Inference};
 use crate::inputs::{read_images, split_examples};
@@ -74,11 +75,11 @@ fn score(
     csv: bool,
 ) -> anyhow::Result<()> {
     let device = backend::device();
-    let (model, config) = run.load_model::<Inference>(&device)?;
-    let score = |input: &Path| match (&model, &config) {
-        (Flow::Image(_), FlowConfig::Image(c)) => score_images(&model, run, c, input),
-        (Flow::Vector(_), FlowConfig::Vector(c)) => score_rows(&model, c.dims, run, input),
-        _ => bail!("the run's model and configuration disagree"),
+    let (model, _) = run.load_model::<Inference>(&device)?;
+    // Images come from files or the run's data set, vectors from CSV rows.
+    let score = |input: &Path| match &model {
+        Flow::Image(model) => score_images(model, run, input),
+        Flow::Vector(model) => score_rows(model, run, input),
     };
     let records = score(input)?;
     let others = compare.map(score).transpose()?;
@@ -129,11 +130,11 @@ fn score(
 /// Images of a file or folder, or a split of the run's data set (`data:test`,
 /// `data:train`), at the model's size; 8-bit values are mapped to the model's levels.
 fn score_images(
-    model: &Flow<Inference>,
+    model: &RealNvp<Inference>,
     run: &RunDir,
-    config: &realnvp_core::RealNvpConfig,
     input: &Path,
 ) -> anyhow::Result<Vec<Record>> {
+    let config = model.config();
     let images = match input.to_str() {
         Some("data:test") | Some("data:train") => {
             let run_config = run.config()?;
@@ -162,7 +163,14 @@ fn score_images(
     let indices: Vec<usize> = (0..images.array.len()).collect();
     for chunk in indices.chunks(64) {
         let batch = images.array.select(chunk);
-        let bpd = batch_bits_per_dim(model, FlowBatch::Images(batch.to_tensor(&device)));
+        let pixels = batch.to_tensor(&device);
+        let bpd = seeded_bits_per_dim::<Images>(
+            model,
+            ImageBatch {
+                pixels,
+                labels: None,
+            },
+        );
         for (k, &i) in chunk.iter().enumerate() {
             records.push(Record {
                 input: images.names[i].clone(),
@@ -177,11 +185,11 @@ fn score_images(
 /// Rows of a CSV file; for runs trained on CSV data the training standardisation is applied
 /// and its Jacobian counted, so the density is that of the raw rows.
 fn score_rows(
-    model: &Flow<Inference>,
-    dims: usize,
+    model: &VectorRealNvp<Inference>,
     run: &RunDir,
     input: &Path,
 ) -> anyhow::Result<Vec<Record>> {
+    let dims = model.dims();
     let table = read_csv(input)?;
     if table.columns.len() != dims {
         bail!(
@@ -204,7 +212,7 @@ fn score_rows(
         dims,
         values: table.values.iter().map(|&v| v as f32).collect(),
     };
-    let bpd = batch_bits_per_dim(model, FlowBatch::Vectors(rows.to_tensor(&device)));
+    let bpd = seeded_bits_per_dim::<Vectors>(model, rows.to_tensor(&device));
     Ok(bpd
         .iter()
         .enumerate()
@@ -272,11 +280,13 @@ fn summarise(
     }
 }
 
-/// Bits/dim of a batch in evaluation mode with seeded uniform dequantisation.
-fn batch_bits_per_dim(model: &Flow<Inference>, batch: FlowBatch<Inference>) -> Vec<f64> {
+/// Bits/dim of a batch (images: marginal) with seeded uniform dequantisation.
+fn seeded_bits_per_dim<K: FlowKind>(
+    model: &K::Model<Inference>,
+    batch: K::Batch<Inference>,
+) -> Vec<f64> {
     Inference::seed(&backend::device(), 0);
-    model
-        .bits_per_dim(batch, Dequantization::Uniform)
+    K::bits_per_dim(model, batch, Dequantization::Uniform)
         .into_data()
         .convert::<f64>()
         .to_vec::<f64>()

@@ -19,16 +19,15 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
-use realnvp_core::{
-    AutodiffConvBackend, ConvBackend, ConvPrecision, Dequantization, Flow, FlowBatch, FlowConfig,
-};
-use realnvp_data::loader::{Shard, StreamConfig, StreamPosition, TrainStream};
+use realnvp_core::{AutodiffConvBackend, ConvBackend, ConvPrecision, Dequantization};
+use realnvp_data::loader::{Fetch, Shard, StreamConfig, StreamPosition, TrainStream};
 use serde::Serialize;
 
 use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
 use crate::error::{error_chain, TrainError};
 use crate::evaluate::{check_sample_count, evaluate, write_samples, Evaluation, Split};
+use crate::kind::{with_kind, Data, FlowKind, KindVisitor};
 use crate::output::journal::{Horizon, Journal};
 use crate::run::init_from::init_from;
 use crate::run::replicas::{Replicas, Solo, StopVotes};
@@ -105,30 +104,76 @@ pub(crate) fn run_worker<B: AutodiffConvBackend, R: Replicas<B>>(
     device: &B::Device,
     replicas: &R,
 ) -> Result<Option<TrainSummary>, TrainError> {
-    let mut run = Run::start(config, options, splits, device, replicas)?;
-    while !run.should_stop()? {
-        if let Some(step) = run.step()? {
-            run.log_evaluate_and_checkpoint(&step)?;
-        }
+    let t = &config.train;
+    let workers = replicas.workers();
+    if t.batch_size % workers != 0 {
+        return Err(TrainError::Config {
+            origin: "train.batch_size".into(),
+            message: format!(
+                "{} is not a multiple of the {workers} data-parallel workers (each reads batch_size / workers examples per step)",
+                t.batch_size
+            ),
+        });
     }
-    run.finish()
+    // Where a configuration and its data set become a run: the one place that decides
+    // image or vector.
+    let flow_config = config.flow_config(&splits.shape())?;
+    let worker = Worker {
+        config,
+        options,
+        splits,
+        device,
+        replicas,
+    };
+    with_kind(flow_config, worker)
 }
 
-/// The Adam optimiser of a run.
-type Adam<B> = OptimizerAdaptor<burn::optim::Adam, Flow<B>, B>;
+/// A worker's run before its kind is known.
+struct Worker<'a, B: AutodiffConvBackend, R: Replicas<B>> {
+    config: &'a RunConfig,
+    options: &'a TrainOptions,
+    splits: Splits,
+    device: &'a B::Device,
+    replicas: &'a R,
+}
 
-/// A run in progress on one worker.
-struct Run<'a, B: AutodiffConvBackend, R: Replicas<B>> {
+impl<B: AutodiffConvBackend, R: Replicas<B>> KindVisitor for Worker<'_, B, R> {
+    type Output = Result<Option<TrainSummary>, TrainError>;
+
+    fn visit<K: FlowKind>(self, settings: K::Settings) -> Self::Output {
+        let data = K::data(self.splits)?;
+        let mut run = Run::<K, B, R>::start(
+            self.config,
+            self.options,
+            settings,
+            data,
+            self.device,
+            self.replicas,
+        )?;
+        while !run.should_stop()? {
+            if let Some(step) = run.step()? {
+                run.log_evaluate_and_checkpoint(&step)?;
+            }
+        }
+        run.finish()
+    }
+}
+
+/// The Adam optimiser of a run of kind `K`.
+type Adam<K, B> = OptimizerAdaptor<burn::optim::Adam, <K as FlowKind>::Trainable<B>, B>;
+
+/// A run of kind `K` in progress on one worker.
+struct Run<'a, K: FlowKind, B: AutodiffConvBackend, R: Replicas<B>> {
     config: &'a RunConfig,
     options: &'a TrainOptions,
     run_dir: RunDir,
     device: B::Device,
     replicas: &'a R,
-    flow_config: FlowConfig,
-    splits: Splits,
-    batches: Batches,
-    model: Flow<B>,
-    optimizer: Adam<B>,
+    settings: K::Settings,
+    data: Data<K>,
+    batches: Batches<K>,
+    model: K::Trainable<B>,
+    optimizer: Adam<K, B>,
     schedule: Schedule,
     /// The learning rate of the last step.
     learning_rate: f64,
@@ -140,14 +185,14 @@ struct Run<'a, B: AutodiffConvBackend, R: Replicas<B>> {
     bad_in_a_row: u32,
     interrupted: bool,
     /// What only rank 0 keeps: outputs, checkpoints, the weight average.
-    leader: Option<Leader<B>>,
+    leader: Option<Leader<K, B>>,
 }
 
 /// The leader's part of a run.
-struct Leader<B: AutodiffBackend> {
+struct Leader<K: FlowKind, B: AutodiffConvBackend> {
     checkpoints: Checkpoints,
     journal: Journal,
-    ema: Option<Flow<B::InnerBackend>>,
+    ema: Option<K::Model<B::InnerBackend>>,
     last_checkpoint: Option<PathBuf>,
     /// When this session last wrote a checkpoint (or started), for `train.checkpoint_minutes`.
     last_saved: Instant,
@@ -165,42 +210,33 @@ struct StepOutcome {
     grad_norm: f64,
 }
 
-impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
+impl<'a, K: FlowKind, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, K, B, R> {
     /// Start: the leader prepares the run directory and builds (or reads back) the start
     /// point; every worker builds its model and optimiser from the leader's, so that all
     /// replicas hold the same weights and the same parameter ids.
     fn start(
         config: &'a RunConfig,
         options: &'a TrainOptions,
-        splits: Splits,
+        settings: K::Settings,
+        data: Data<K>,
         device: &B::Device,
         replicas: &'a R,
     ) -> Result<Self, TrainError> {
         let t = &config.train;
         let workers = replicas.workers();
-        if t.batch_size % workers != 0 {
-            return Err(TrainError::Config {
-                origin: "train.batch_size".into(),
-                message: format!(
-                    "{} is not a multiple of the {workers} data-parallel workers (each reads batch_size / workers examples per step)",
-                    t.batch_size
-                ),
-            });
-        }
-        let flow_config = config.flow_config(&splits.shape())?;
         let run_dir = RunDir::at(&options.run_dir);
         let prepared = replicas.is_leader().then(|| {
-            prepare_run_dir::<B>(&run_dir, config, options, &flow_config, workers, device)
+            prepare_run_dir::<K, B>(&run_dir, config, options, &settings, workers, device)
         });
         let start = share_start_point(replicas, prepared, &run_dir)?;
 
-        let model = init_model::<B>(&flow_config, t.conv_precision, device)?;
-        check_sample_count(&model, t.samples).map_err(|e| TrainError::Config {
+        let model = K::init::<B>(&settings, t.conv_precision, device)?;
+        check_sample_count::<K>(t.samples).map_err(|e| TrainError::Config {
             origin: "train.samples".into(),
             message: error_chain(&e),
         })?;
-        let model = start.load_into(MODEL, model, device)?;
-        let mut optimizer = adam::<B>(t, flow_config.dims());
+        let model = K::trainable(load_model::<K, B>(&start, MODEL, model, device)?);
+        let mut optimizer = adam::<K, B>(t, K::dims(&settings));
         match start.record(OPTIMIZER, device)? {
             Some(record) => optimizer = optimizer.load_record(record),
             None if options.resume => {
@@ -221,8 +257,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             seed: t.seed,
             flip: Splits::flip(&config.data),
         };
-        let labelled = matches!(&flow_config, FlowConfig::Image(c) if c.classes > 0);
-        let batches = Batches::new(&splits, stream_config, labelled)?;
+        let batches = Batches::new(&data, stream_config)?;
 
         let mut state = start.state.clone();
         let leader = if replicas.is_leader() {
@@ -237,11 +272,11 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 .min(),
                 seconds: t.max_minutes.map(|m| m * 60.0),
             };
-            let (train, test) = splits.sizes();
+            let (train, test) = (data.train.len(), data.test.len());
             eprintln!(
                 "data: {}: {train} training and {test} held-out examples; held out: {}",
                 config.data.describe(),
-                splits.held_out()
+                data.held_out
             );
             if t.conv_precision != ConvPrecision::F32 {
                 eprintln!(
@@ -265,8 +300,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             run_dir,
             device: device.clone(),
             replicas,
-            flow_config,
-            splits,
+            settings,
+            data,
             batches,
             model,
             optimizer,
@@ -320,26 +355,28 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
             index: self.replicas.rank(),
             count: self.replicas.workers(),
         };
-        let (batch, next) = self
-            .batches
-            .shard_at(self.state.position, shard, &self.device)?;
+        let model = K::as_model(&self.model);
+        let (batch, next) =
+            self.batches
+                .shard_at(model, self.state.position, shard, &self.device)?;
         // The forward pass updates batch-norm running averages; keep the values from
         // before it, so that a skipped step leaves no trace in the model.
         let before = self.model.clone().into_record();
         let noise = noise_seed(t.seed, self.state.step, shard.index);
-        let bpd = self
-            .model
-            .bits_per_dim(batch, Dequantization::Seeded(noise))
-            .mean();
-        let loss = bpd.clone() + self.model.scale_penalty().mul_scalar(t.scale_penalty);
+        let bpd = K::bits_per_dim(model, batch, Dequantization::Seeded(noise)).mean();
+        let loss = bpd.clone() + K::scale_penalty(model).mul_scalar(t.scale_penalty);
         let shard_bpd: f64 = bpd.into_scalar().elem();
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let reduced =
-            self.replicas
-                .reduce_step(self.state.step + 1, self.model.clone(), grads, shard_bpd)?;
-        self.model = reduced.model;
+        // The replicas exchange core's `Flow`, whichever the kind.
+        let flow = K::into_flow(K::untrainable(self.model.clone()));
+        let reduced = self
+            .replicas
+            .reduce_step(self.state.step + 1, flow, grads, shard_bpd)?;
+        self.model = K::trainable(K::from_flow(reduced.model).ok_or_else(|| {
+            TrainError::collective("the combined step holds a model of the other kind")
+        })?);
         let grads = reduced.grads;
-        let grad_norm = gradient_norm::<B>(&self.model, &grads);
+        let grad_norm = gradient_norm(&self.model, &grads);
         let finite = reduced.bits_per_dim.is_finite() && grad_norm.is_finite();
         self.state.step += 1;
         self.state.position = next;
@@ -372,10 +409,13 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
 
     /// Restores the model from before a non-finite step; stops the run after
     /// `train.max_bad_steps` of them in a row.
-    fn skip_step(&mut self, before: <Flow<B> as Module<B>>::Record) -> Result<(), TrainError> {
+    fn skip_step(
+        &mut self,
+        before: <K::Trainable<B> as Module<B>>::Record,
+    ) -> Result<(), TrainError> {
         let precision = self.config.train.conv_precision;
-        self.model =
-            init_model::<B>(&self.flow_config, precision, &self.device)?.load_record(before);
+        let fresh = K::init::<B>(&self.settings, precision, &self.device)?;
+        self.model = K::trainable(fresh).load_record(before);
         self.bad_in_a_row += 1;
         self.state.skipped_steps += 1;
         if let Some(leader) = &self.leader {
@@ -447,7 +487,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
 
     /// The model used for evaluation, samples and the export: the weight average when
     /// kept, else the current weights.
-    fn eval_model(&self) -> Flow<B::InnerBackend> {
+    fn eval_model(&self) -> K::Model<B::InnerBackend> {
         self.leader
             .as_ref()
             .and_then(|l| l.ema.clone())
@@ -459,9 +499,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
     fn evaluate_and_draw(&mut self, limit: Option<usize>) -> Result<Evaluation, TrainError> {
         let model = self.eval_model();
         let best_before = self.state.best;
-        let evaluation = evaluate_and_draw(
+        let evaluation = evaluate_and_draw::<K, B::InnerBackend>(
             &model,
-            &self.splits,
+            &self.data,
             limit,
             &mut self.state,
             &self.run_dir,
@@ -471,8 +511,9 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         if let Some((bits_per_dim, step)) =
             self.state.best.filter(|_| self.state.best != best_before)
         {
+            let config = K::flow_config(&self.settings);
             self.run_dir
-                .export_best(&model, &self.flow_config, bits_per_dim, step)?;
+                .export_best(&K::into_flow(model), &config, bits_per_dim, step)?;
         }
         if let Some(leader) = self.leader.as_mut() {
             let samples = self.run_dir.samples_path(self.state.step);
@@ -487,7 +528,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
         let Some(leader) = self.leader.as_mut() else {
             return Ok(());
         };
-        leader.last_checkpoint = Some(save_checkpoint(
+        leader.last_checkpoint = Some(save_checkpoint::<K, B, _>(
             &leader.checkpoints,
             &self.state,
             &self.model,
@@ -503,7 +544,8 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
     /// The end of the run, on the leader: evaluate on the whole test split, draw samples,
     /// checkpoint and export for inference.
     fn finish(mut self) -> Result<Option<TrainSummary>, TrainError> {
-        self.replicas.check_identical(&self.model)?;
+        self.replicas
+            .check_identical(&K::into_flow(K::untrainable(self.model.clone())))?;
         let Some(leader) = self.leader.as_ref() else {
             return Ok(None);
         };
@@ -526,12 +568,15 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
                 .log_end(&self.state, self.learning_rate, &test, rate)?;
         }
         self.checkpoint()?;
-        let export = self.run_dir.export(&self.eval_model(), &self.flow_config)?;
+        let export = self.run_dir.export(
+            &K::into_flow(self.eval_model()),
+            &K::flow_config(&self.settings),
+        )?;
         Ok(Some(TrainSummary {
             steps: self.state.step,
             epochs: self.state.position.epoch + 1,
             test,
-            held_out: self.splits.held_out().to_string(),
+            held_out: self.data.held_out.clone(),
             seconds: self.state.elapsed_seconds,
             images_per_second: rate,
             session_steps: self.state.step - self.start_step,
@@ -544,7 +589,7 @@ impl<'a, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, B, R> {
     }
 }
 
-impl<B: AutodiffConvBackend> Leader<B> {
+impl<K: FlowKind, B: AutodiffConvBackend> Leader<K, B> {
     /// The leader's part of the start: the note on a resumed run, the weight average and
     /// the journal.
     #[allow(clippy::too_many_arguments)]
@@ -553,13 +598,18 @@ impl<B: AutodiffConvBackend> Leader<B> {
         run_dir: &RunDir,
         options: &TrainOptions,
         config: &RunConfig,
-        model: &Flow<B>,
+        model: &K::Trainable<B>,
         state: &TrainState,
         horizon: Horizon,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
         let ema = match config.train.ema_decay {
-            Some(_) if options.resume => Some(start.load_into(EMA, model.valid(), device)?),
+            Some(_) if options.resume => Some(load_model::<K, B::InnerBackend>(
+                start,
+                EMA,
+                model.valid(),
+                device,
+            )?),
             Some(_) => Some(model.valid()),
             None => None,
         };
@@ -597,11 +647,11 @@ fn note_resume(start: &Loaded, state: &TrainState, t: &TrainSettings, workers: u
 /// The leader's preparation of the run directory: refuses to overwrite a run unless
 /// resuming, writes `config.toml` and `model.toml`, and returns the start point: the
 /// newest intact checkpoint, or a freshly initialised model (seeded by `train.seed`).
-fn prepare_run_dir<B: AutodiffConvBackend>(
+fn prepare_run_dir<K: FlowKind, B: AutodiffConvBackend>(
     run_dir: &RunDir,
     config: &RunConfig,
     options: &TrainOptions,
-    flow_config: &FlowConfig,
+    settings: &K::Settings,
     workers: usize,
     device: &B::Device,
 ) -> Result<Loaded, TrainError> {
@@ -622,12 +672,12 @@ fn prepare_run_dir<B: AutodiffConvBackend>(
         }
         None
     };
-    run_dir.write_configs(config, flow_config)?;
+    run_dir.write_configs(config, &K::flow_config(settings))?;
     if let Some(loaded) = resume_from {
         return Ok(loaded);
     }
     B::seed(device, config.train.seed);
-    let mut model = init_model::<B>(flow_config, ConvPrecision::F32, device)?;
+    let mut model = K::into_flow(K::init::<B>(settings, ConvPrecision::F32, device)?);
     if let Some(dir) = &options.init_from {
         model = init_from(model, dir, device)?;
         eprintln!("initialised from the trained model in {}", dir.display());
@@ -672,22 +722,21 @@ fn share_start_point<B: AutodiffBackend, R: Replicas<B>>(
     }
 }
 
-/// A fresh model of `flow_config` whose s/t convolutions compute in `precision`
-/// (`train.conv_precision`).
-fn init_model<B: AutodiffConvBackend>(
-    flow_config: &FlowConfig,
-    precision: ConvPrecision,
+/// Loads the record `name` of `start` (checkpoints hold core's `Flow`) into `model`.
+fn load_model<K: FlowKind, B: ConvBackend>(
+    start: &Loaded,
+    name: &str,
+    model: K::Model<B>,
     device: &B::Device,
-) -> Result<Flow<B>, TrainError> {
-    let config_error = |origin: &str, source| TrainError::Model {
-        origin: origin.into(),
-        source,
-    };
-    flow_config
-        .init(device)
-        .map_err(|e| config_error("model", e))?
-        .with_conv_precision(precision, device)
-        .map_err(|e| config_error("train.conv_precision", e))
+) -> Result<K::Model<B>, TrainError> {
+    let flow = start.load_into(name, K::into_flow(model), device)?;
+    K::from_flow(flow).ok_or_else(|| TrainError::Checkpoint {
+        path: start.path.clone(),
+        message: format!(
+            "`{name}` holds another kind of model than this {} run",
+            K::NAME
+        ),
+    })
 }
 
 /// Adam for the bits/dim loss of a model of `dims` dimensions: `train.adam_epsilon` is
@@ -696,29 +745,29 @@ fn init_model<B: AutodiffConvBackend>(
 /// default epsilon on bits/dim). Gradients are clipped by
 /// their global norm before the step (`clip_by_global_norm`), not by Burn's per-tensor
 /// clipping.
-fn adam<B: AutodiffConvBackend>(t: &TrainSettings, dims: usize) -> Adam<B> {
+fn adam<K: FlowKind, B: AutodiffConvBackend>(t: &TrainSettings, dims: usize) -> Adam<K, B> {
     let config = AdamConfig::new().with_beta_1(t.beta1).with_beta_2(t.beta2);
     match t.adam_epsilon {
         Some(nats) => config.with_epsilon((nats / (dims as f64 * std::f64::consts::LN_2)) as f32),
         None => config,
     }
-    .init::<B, Flow<B>>()
+    .init::<B, K::Trainable<B>>()
 }
 
 /// Evaluates on (the first `limit` examples of) the test split, draws the step's sample
 /// grid and records the best held-out bits/dim.
-fn evaluate_and_draw<B: ConvBackend>(
-    model: &Flow<B>,
-    splits: &Splits,
+fn evaluate_and_draw<K: FlowKind, B: ConvBackend>(
+    model: &K::Model<B>,
+    data: &Data<K>,
     limit: Option<usize>,
     state: &mut TrainState,
     run_dir: &RunDir,
     t: &TrainSettings,
     device: &B::Device,
 ) -> Result<Evaluation, TrainError> {
-    let e = evaluate(
+    let e = evaluate::<K, B>(
         model,
-        splits,
+        data,
         Split::Test,
         t.eval_batch_size,
         limit,
@@ -726,7 +775,7 @@ fn evaluate_and_draw<B: ConvBackend>(
         device,
     )?;
     let samples = run_dir.samples_path(state.step);
-    write_samples(
+    write_samples::<K, B>(
         model,
         &samples,
         t.samples,
@@ -741,21 +790,25 @@ fn evaluate_and_draw<B: ConvBackend>(
     Ok(e)
 }
 
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Flow<B>, B>>(
+/// Writes a checkpoint of the run: the model and the weight average as core's `Flow`
+/// records (the same files whichever the kind), the optimiser and the schedule.
+fn save_checkpoint<K: FlowKind, B: AutodiffConvBackend, O: Optimizer<K::Trainable<B>, B>>(
     checkpoints: &Checkpoints,
     state: &TrainState,
-    model: &Flow<B>,
+    model: &K::Trainable<B>,
     optimizer: &O,
     schedule: &Schedule,
-    ema: Option<&Flow<B::InnerBackend>>,
+    ema: Option<&K::Model<B::InnerBackend>>,
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
     let mut payload = Payload::new();
-    payload.add::<_, B>(MODEL, model.clone().into_record())?;
+    let model = K::into_flow(K::untrainable(model.clone()));
+    payload.add::<_, B>(MODEL, model.into_record())?;
     payload.add::<_, B>(OPTIMIZER, optimizer.to_record())?;
     payload.add::<_, B>(SCHEDULE, schedule.to_record::<B>())?;
     if let Some(ema) = ema {
-        payload.add::<_, B::InnerBackend>(EMA, ema.clone().into_record())?;
+        let ema = K::into_flow(ema.clone());
+        payload.add::<_, B::InnerBackend>(EMA, ema.into_record())?;
     }
     checkpoints.save(state, payload, keep)
 }
@@ -770,7 +823,7 @@ fn noise_seed(seed: u64, step: u64, rank: usize) -> u64 {
 }
 
 /// Global L2 norm of the gradients (infinite or NaN when any gradient is).
-fn gradient_norm<B: AutodiffBackend>(model: &Flow<B>, grads: &GradientsParams) -> f64 {
+fn gradient_norm<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &GradientsParams) -> f64 {
     struct SquaredNorm<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
         total: Option<Tensor<B::InnerBackend, 1>>,
@@ -796,8 +849,8 @@ fn gradient_norm<B: AutodiffBackend>(model: &Flow<B>, grads: &GradientsParams) -
 
 /// The gradients `grads` of `model`'s parameters multiplied by `factor`: clipping by
 /// the global norm scales every tensor alike, keeping the gradient's direction.
-fn scale_gradients<B: AutodiffBackend>(
-    model: &Flow<B>,
+fn scale_gradients<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
     grads: GradientsParams,
     factor: f64,
 ) -> GradientsParams {
@@ -818,7 +871,7 @@ fn scale_gradients<B: AutodiffBackend>(
 }
 
 /// `average <- decay * average + (1 - decay) * current`, parameter by parameter.
-fn update_average<B: Backend>(average: Flow<B>, current: &Flow<B>, decay: f64) -> Flow<B> {
+fn update_average<B: Backend, M: Module<B>>(average: M, current: &M, decay: f64) -> M {
     struct Collect<B: Backend> {
         values: HashMap<ParamId, Tensor<B, 1>>,
     }
@@ -853,86 +906,55 @@ fn update_average<B: Backend>(average: Flow<B>, current: &Flow<B>, decay: f64) -
     })
 }
 
-/// The training stream of either data kind, producing model batches.
-enum Batches {
-    /// Images, with their labels when `labelled` (a class-conditional model).
-    Images {
-        stream: TrainStream<realnvp_data::loader::ImageSource>,
-        labelled: bool,
-    },
-    Vectors(TrainStream<realnvp_data::loader::VectorArray>),
+/// The training stream of a run of kind `K`, producing its batches.
+struct Batches<K: FlowKind> {
+    stream: TrainStream<K::Source>,
 }
 
-impl Batches {
-    fn new(splits: &Splits, config: StreamConfig, labelled: bool) -> Result<Self, TrainError> {
-        Ok(match splits {
-            Splits::Images { train, .. } => Batches::Images {
-                stream: TrainStream::new(train.clone(), config)?,
-                labelled,
-            },
-            Splits::Vectors { train, .. } => {
-                Batches::Vectors(TrainStream::new(train.clone(), config)?)
-            }
+impl<K: FlowKind> Batches<K> {
+    fn new(data: &Data<K>, config: StreamConfig) -> Result<Self, TrainError> {
+        Ok(Self {
+            stream: TrainStream::new(data.train.clone(), config)?,
         })
     }
 
     /// Whole batches of `batch_size` in one epoch (the incomplete last one is dropped).
     fn steps_per_epoch(&self, batch_size: usize) -> u64 {
-        let examples = match self {
-            Batches::Images { stream, .. } => stream.epoch_len(),
-            Batches::Vectors(stream) => stream.epoch_len(),
-        };
-        (examples / batch_size.max(1)) as u64
+        (self.stream.epoch_len() / batch_size.max(1)) as u64
     }
 
-    /// This worker's `shard` of the batch at `position`, on `device`.
-    fn shard_at<B: Backend>(
+    /// This worker's `shard` of the batch at `position`, as `model`'s batch on `device`.
+    fn shard_at<B: ConvBackend>(
         &self,
+        model: &K::Model<B>,
         position: StreamPosition,
         shard: Shard,
         device: &B::Device,
-    ) -> Result<(FlowBatch<B>, StreamPosition), TrainError> {
-        Ok(match self {
-            Batches::Images { stream, labelled } => {
-                let (batch, next) = stream.shard_at(position, shard)?;
-                let batch = batch.to_batch(device);
-                match (labelled, batch.labels) {
-                    (true, Some(labels)) => (FlowBatch::LabelledImages(batch.pixels, labels), next),
-                    (true, None) => {
-                        return Err(TrainError::Config {
-                            origin: "model.conditional".into(),
-                            message: "the training images have no labels".into(),
-                        })
-                    }
-                    (false, _) => (FlowBatch::Images(batch.pixels), next),
-                }
-            }
-            Batches::Vectors(s) => {
-                let (batch, next) = s.shard_at(position, shard)?;
-                (FlowBatch::Vectors(batch.to_tensor(device)), next)
-            }
-        })
+    ) -> Result<(K::Batch<B>, StreamPosition), TrainError> {
+        let (examples, next) = self.stream.shard_at(position, shard)?;
+        Ok((K::batch(model, examples, device)?, next))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::Vectors;
     use burn::backend::{Autodiff, Flex};
-    use realnvp_core::{FlowBatch, VectorRealNvpConfig};
+    use realnvp_core::{VectorRealNvp, VectorRealNvpConfig};
 
     type Training = Autodiff<Flex>;
 
     /// A small vector flow (with perturbed, non-trivial parameters) and its gradients on
     /// a fixed batch.
-    fn model_and_gradients() -> (Flow<Training>, GradientsParams) {
+    fn model_and_gradients() -> (VectorRealNvp<Training>, GradientsParams) {
         let device = Default::default();
-        let config = FlowConfig::Vector(VectorRealNvpConfig {
+        let config = VectorRealNvpConfig {
             dims: 3,
             couplings: 3,
             hidden: 8,
             ..Default::default()
-        });
+        };
         // Seeded: the same model at each call. Perturbed parameters are results of
         // operations, so they are made leaves of the graph again.
         Training::seed(&device, 11);
@@ -943,9 +965,7 @@ mod tests {
         );
         let model = perturbed.map(&mut Leaves);
         let x = realnvp_core::testing::uniform::<Training, 2>([16, 3], -2.0, 2.0, 3);
-        let loss = model
-            .bits_per_dim(FlowBatch::Vectors(x), Dequantization::Centre)
-            .mean();
+        let loss = Vectors::bits_per_dim(&model, x, Dequantization::Centre).mean();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         (model, grads)
     }
@@ -959,7 +979,7 @@ mod tests {
     }
 
     /// Every gradient entry, in module order.
-    fn entries(model: &Flow<Training>, grads: &GradientsParams) -> Vec<f64> {
+    fn entries(model: &VectorRealNvp<Training>, grads: &GradientsParams) -> Vec<f64> {
         struct Collect<'a>(&'a GradientsParams, Vec<f64>);
         impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -1007,16 +1027,15 @@ mod tests {
             adam_epsilon: Some(1e-3),
             ..Default::default()
         };
-        let step = |optimizer: &mut Adam<Training>, scale: f64| {
+        let step = |optimizer: &mut Adam<Vectors, Training>, scale: f64| {
             let (model, _) = model_and_gradients();
             let x = realnvp_core::testing::uniform::<Training, 2>([16, 3], -2.0, 2.0, 3);
-            let loss = model
-                .bits_per_dim(FlowBatch::Vectors(x), Dequantization::Centre)
+            let loss = Vectors::bits_per_dim(&model, x, Dequantization::Centre)
                 .mean()
                 .mul_scalar(scale);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let after = optimizer.step(1e-2, model.clone(), grads);
-            let collect = |m: &Flow<Training>| {
+            let collect = |m: &VectorRealNvp<Training>| {
                 let mut v = Vec::new();
                 struct Values<'a>(&'a mut Vec<f64>);
                 impl<B: Backend> ModuleVisitor<B> for Values<'_> {
@@ -1031,10 +1050,10 @@ mod tests {
             a.iter().zip(&b).map(|(x, y)| x - y).collect::<Vec<f64>>()
         };
         let nats_per_bpd = dims as f64 * std::f64::consts::LN_2;
-        let ours = step(&mut adam::<Training>(&t, dims), 1.0);
+        let ours = step(&mut adam::<Vectors, Training>(&t, dims), 1.0);
         // Adam on nats with epsilon 1e-3: `adam` for one dimension divides by ln 2.
         t.adam_epsilon = Some(1e-3 * std::f64::consts::LN_2);
-        let on_nats = step(&mut adam::<Training>(&t, 1), nats_per_bpd);
+        let on_nats = step(&mut adam::<Vectors, Training>(&t, 1), nats_per_bpd);
         let largest = on_nats.iter().fold(0.0f64, |m, d| m.max(d.abs()));
         assert!(largest > 1e-4, "the step moves the parameters: {largest}");
         for (a, b) in ours.iter().zip(&on_nats) {
@@ -1043,7 +1062,7 @@ mod tests {
         // A much larger epsilon (Burn's 1e-5 on bits/dim is 1e-5 * D ln 2 in nats)
         // changes the step: the test would see a wrong scaling.
         t.adam_epsilon = Some(1.0);
-        let damped = step(&mut adam::<Training>(&t, dims), 1.0);
+        let damped = step(&mut adam::<Vectors, Training>(&t, dims), 1.0);
         let moved = damped
             .iter()
             .zip(&ours)
