@@ -248,7 +248,9 @@ fn remote_shell(dir: &Path) -> PathBuf {
 /// loopback) give the same weights as one.
 #[test]
 fn mpi_ranks_match_the_in_process_workers_on_one_node_and_on_two() {
-    let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_JOB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let steps = ["--steps", "6", "--seed", "3"];
     let args = [&SMALL[..], &steps[..]].concat();
@@ -402,7 +404,9 @@ const LONG: [&str; 6] = [
 /// uninterrupted run with the same seed.
 #[test]
 fn a_killed_rank_ends_the_job_and_resume_completes_it() {
-    let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_JOB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let args = [&SMALL[..], &LONG[..]].concat();
     let run = dir.path().join("run");
@@ -449,7 +453,9 @@ fn a_killed_rank_ends_the_job_and_resume_completes_it() {
 /// 5` the others abort the job within 5 + 30 s, naming the step and the silent rank.
 #[test]
 fn a_stopped_rank_is_caught_by_the_collective_timeout() {
-    let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_JOB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
     let timeout = ["--set", "train.collective_timeout_seconds=5"];
@@ -493,7 +499,9 @@ fn a_corrupt_image_in_one_ranks_shard_ends_the_job_naming_it() {
     use realnvp_data::loader::{ImageSource, Shard, StreamConfig, TrainStream};
     use realnvp_train::data::Splits;
 
-    let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_JOB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let (train, test) = (dir.path().join("train"), dir.path().join("test"));
     for (folder, count) in [(&train, 64u32), (&test, 16)] {
@@ -610,7 +618,9 @@ checkpoint_every = 1
 /// start, each naming the other rank, before any step.
 #[test]
 fn ranks_with_different_settings_stop_at_the_start() {
-    let _turn = ONE_JOB.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_JOB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let run = dir.path().join("run");
     let rank = |learning_rate: &str| {

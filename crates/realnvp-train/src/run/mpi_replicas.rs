@@ -571,7 +571,7 @@ fn settings_fingerprint(config: &RunConfig) -> u64 {
         toml::to_string(&config.vector_model),
         toml::to_string(&config.train),
     ]
-    .map(|part| part.unwrap_or_default())
+    .map(Result::unwrap_or_default)
     .concat();
     checksum(text.as_bytes())
 }

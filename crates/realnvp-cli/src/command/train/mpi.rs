@@ -117,7 +117,7 @@ fn compute_threads(place: &RankPlace) -> Threads {
             why: format!("RAYON_NUM_THREADS={value}"),
         };
     }
-    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let allowed = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let node = online_cores().unwrap_or(allowed);
     let share = node / place.local_ranks.max(1);
     let count = allowed.min(share).max(1);
