@@ -35,6 +35,14 @@ impl FlowConfig {
         })
     }
 
+    /// Checks every key of the model configuration and returns the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            FlowConfig::Image(c) => c.validate(),
+            FlowConfig::Vector(c) => c.validate(),
+        }
+    }
+
     /// Dimensions per example.
     pub fn dims(&self) -> usize {
         match self {

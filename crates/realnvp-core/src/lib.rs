@@ -9,7 +9,9 @@
 //! [`weight_norm`] and the convolutions' [`precision`]), [`squeeze`], [`batchnorm`] (flow-path batch norm with running
 //! averages), [`multiscale`] (scales and factor-out), [`prior`], [`model`] (the whole image
 //! flow) and [`vector`] (MLP couplings for 2-D and tabular data). Every layer implements
-//! [`Bijector`]: `forward(x) -> (y, log|det J|)` and an exact `inverse`.
+//! [`Bijector`]: `forward(x) -> (y, log|det J|)` and an exact `inverse`. A model's
+//! [`architecture`] is what a run chooses, apart from what its data set determines; a
+//! [`Flow`] holds either kind of model for storage ([`export_model`], [`load_model`]).
 //!
 //! This crate holds no training or data-loading code: a program that only loads a model
 //! to sample or score depends on it alone.
@@ -27,6 +29,7 @@
 //! assert_eq!(bpd.dims(), [2]);
 //! ```
 
+pub mod architecture;
 pub mod batchnorm;
 pub mod bijector;
 pub mod channel_norm;
@@ -52,6 +55,7 @@ pub mod weight_norm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use architecture::{RealNvpArchitecture, VectorArchitecture};
 pub use bijector::Bijector;
 pub use error::ConfigError;
 pub use flow::{export_model, load_model, ExportError, Flow, FlowConfig};

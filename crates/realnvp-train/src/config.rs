@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use realnvp_core::{
-    ConvPrecision, FlowConfig, PreprocessConfig, RealNvpConfig, VectorRealNvpConfig,
-};
+use realnvp_core::{ConvPrecision, FlowConfig, RealNvpArchitecture, VectorArchitecture};
 use realnvp_data::folder::FolderPreset;
 use realnvp_data::partition::Part;
 use realnvp_data::toy::Toy;
@@ -24,10 +22,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/digits.toml");
 pub struct RunConfig {
     /// The data set.
     pub data: DataConfig,
-    /// Image model settings (shape and levels come from the data set).
-    pub model: ImageModelSettings,
-    /// Vector model settings (dimensions come from the data set).
-    pub vector_model: VectorModelSettings,
+    /// The image model's architecture (shape, levels and classes come from the data set).
+    pub model: RealNvpArchitecture,
+    /// The vector model's architecture (dimensions come from the data set).
+    pub vector_model: VectorArchitecture,
     /// Optimisation, stopping, logging and checkpointing.
     pub train: TrainSettings,
 }
@@ -36,8 +34,8 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             data: DataConfig::Digits { flip: false },
-            model: ImageModelSettings::default(),
-            vector_model: VectorModelSettings::default(),
+            model: RealNvpArchitecture::default(),
+            vector_model: VectorArchitecture::default(),
             train: TrainSettings::default(),
         }
     }
@@ -158,77 +156,6 @@ fn toy_train() -> usize {
 }
 fn toy_test() -> usize {
     5_000
-}
-
-/// Image model settings: `RealNvpConfig` without the keys the data set determines.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ImageModelSettings {
-    /// Number of scales.
-    pub scales: usize,
-    /// Residual blocks per coupling network.
-    pub res_blocks: usize,
-    /// Skip connections in the coupling networks (the paper's section 4.1).
-    pub skip_connections: bool,
-    /// Feature maps at the first scale (doubled per scale).
-    pub features: usize,
-    /// Flow-path batch norm.
-    pub batch_norm: bool,
-    /// Weight of the current batch in the running averages.
-    pub batch_norm_momentum: f64,
-    /// Logit margin.
-    pub alpha: f64,
-    /// Model only the `n_bits` most significant bits.
-    pub n_bits: Option<u32>,
-    /// Class-conditional prior (one learned Gaussian per class of a labelled data set),
-    /// trained on `log p(x | label)`; enables `realnvp sample --class` and `realnvp classify`.
-    pub conditional: bool,
-}
-
-impl Default for ImageModelSettings {
-    fn default() -> Self {
-        let d = RealNvpConfig::default();
-        Self {
-            scales: 2,
-            res_blocks: d.res_blocks,
-            skip_connections: d.skip_connections,
-            features: d.features,
-            batch_norm: d.batch_norm,
-            batch_norm_momentum: d.batch_norm_momentum,
-            alpha: d.preprocess.alpha,
-            n_bits: None,
-            conditional: false,
-        }
-    }
-}
-
-/// Vector model settings: `VectorRealNvpConfig` without `dims`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VectorModelSettings {
-    /// Coupling layers.
-    pub couplings: usize,
-    /// Hidden width.
-    pub hidden: usize,
-    /// Hidden layers per coupling network.
-    pub hidden_layers: usize,
-    /// Flow-path batch norm.
-    pub batch_norm: bool,
-    /// Weight of the current batch in the running averages.
-    pub batch_norm_momentum: f64,
-}
-
-impl Default for VectorModelSettings {
-    fn default() -> Self {
-        let d = VectorRealNvpConfig::default();
-        Self {
-            couplings: d.couplings,
-            hidden: d.hidden,
-            hidden_layers: d.hidden_layers,
-            batch_norm: d.batch_norm,
-            batch_norm_momentum: d.batch_norm_momentum,
-        }
-    }
 }
 
 /// Optimisation, stopping, logging and checkpointing settings.
@@ -489,42 +416,12 @@ impl RunConfig {
                         })
                     }
                 };
-                FlowConfig::Image(RealNvpConfig {
-                    channels: info.shape[0],
-                    height: info.shape[1],
-                    width: info.shape[2],
-                    scales: m.scales,
-                    res_blocks: m.res_blocks,
-                    skip_connections: m.skip_connections,
-                    features: m.features,
-                    batch_norm: m.batch_norm,
-                    batch_norm_momentum: m.batch_norm_momentum,
-                    preprocess: PreprocessConfig {
-                        levels: info.levels,
-                        n_bits: m.n_bits,
-                        alpha: m.alpha,
-                    },
-                    classes,
-                })
+                FlowConfig::Image(m.config(info.shape, info.levels, classes))
             }
-            DataShape::Vectors { dims, .. } => {
-                let m = &self.vector_model;
-                FlowConfig::Vector(VectorRealNvpConfig {
-                    dims: *dims,
-                    couplings: m.couplings,
-                    hidden: m.hidden,
-                    hidden_layers: m.hidden_layers,
-                    batch_norm: m.batch_norm,
-                    batch_norm_momentum: m.batch_norm_momentum,
-                })
-            }
+            DataShape::Vectors { dims, .. } => FlowConfig::Vector(self.vector_model.config(*dims)),
         };
         // Validate now so the error names the model key and the data set.
-        let validation = match &config {
-            FlowConfig::Image(c) => c.validate(),
-            FlowConfig::Vector(c) => c.validate(),
-        };
-        validation.map_err(|source| TrainError::Model {
+        config.validate().map_err(|source| TrainError::Model {
             origin: format!("model for data set `{}`", data.name()),
             source,
         })?;
