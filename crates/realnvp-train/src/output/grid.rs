@@ -90,5 +90,5 @@ where
     }
     image
         .save(path)
-        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e)))
 }

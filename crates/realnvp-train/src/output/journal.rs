@@ -254,7 +254,7 @@ impl Journal {
     pub(crate) fn log_samples(&mut self, step: u64, png: &Path) -> Result<(), TrainError> {
         let bytes = std::fs::read(png).map_err(|e| TrainError::io(png, e))?;
         let decoded = image::load_from_memory(&bytes)
-            .map_err(|e| TrainError::io(png, std::io::Error::other(e.to_string())))?;
+            .map_err(|e| TrainError::io(png, std::io::Error::other(e)))?;
         let shape = (
             decoded.width(),
             decoded.height(),
