@@ -92,8 +92,10 @@ pub fn select(index: usize) -> anyhow::Result<()> {
 
 /// The device of this invocation: the one chosen with `--device`, else the backend's
 /// default.
+// The GPU backends' devices are `Clone` only.
+#[allow(clippy::cloned_instead_of_copied)]
 pub fn device() -> Device {
-    SELECTED.get().copied().unwrap_or_default()
+    SELECTED.get().cloned().unwrap_or_default()
 }
 
 /// Runs `work` (a command's whole training, evaluation or sampling loop) on one of rayon's

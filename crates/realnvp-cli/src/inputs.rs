@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use realnvp_core::RealNvpConfig;
-use realnvp_data::folder::{FolderPreset, ImageFolder, ImageFolderConfig};
+use realnvp_data::folder::{
+    decode_file, is_image_file, FolderPreset, ImageFolder, ImageFolderConfig,
+};
 use realnvp_data::loader::ImageSource;
 use realnvp_data::ImageArray;
 use realnvp_train::data::Splits;
@@ -86,35 +88,28 @@ pub fn split_examples(split: &ImageSource, indices: &[usize]) -> anyhow::Result<
 /// An image file, or every image of a folder (sorted, recursively), at the model's shape
 /// and levels.
 pub fn read_images(input: &Path, config: &RealNvpConfig) -> anyhow::Result<Images> {
-    // A bare file name (`ok.png`) has the empty path as its parent: scan `.` then, and
-    // find the file by the path the scan gives it.
-    let (dir, only) = if input.is_file() {
-        let dir = input
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = input.file_name().map(|name| dir.join(name));
-        (
-            dir.to_path_buf(),
-            Some(name.unwrap_or_else(|| input.to_path_buf())),
-        )
+    let (mut array, names) = if input.is_file() {
+        // One file is decoded alone: its folder may hold anything else.
+        if !is_image_file(input) {
+            bail!("{}: not a PNG or JPEG image", input.display());
+        }
+        let array = decode_file(input, config.channels)?;
+        (array, vec![input.display().to_string()])
     } else {
-        (input.to_path_buf(), None)
-    };
-    let folder = ImageFolder::scan(ImageFolderConfig {
-        path: dir,
-        preset: FolderPreset::Native,
-        channels: config.channels,
-    })?;
-    let indices: Vec<usize> = match &only {
-        Some(file) => vec![folder
+        let folder = ImageFolder::scan(ImageFolderConfig {
+            path: input.to_path_buf(),
+            preset: FolderPreset::Native,
+            channels: config.channels,
+        })?;
+        let indices: Vec<usize> = (0..folder.len()).collect();
+        let array = folder.decode_batch(&indices, None, &[])?;
+        let names = folder
             .files()
             .iter()
-            .position(|f| f == file)
-            .ok_or_else(|| anyhow!("{}: not a PNG or JPEG image", input.display()))?],
-        None => (0..folder.len()).collect(),
+            .map(|file| file.display().to_string())
+            .collect();
+        (array, names)
     };
-    let mut array = folder.decode_batch(&indices, None, &[])?;
     let expected = [config.channels, config.height, config.width];
     if array.shape != expected {
         let [c, h, w] = array.shape;
@@ -133,17 +128,7 @@ pub fn read_images(input: &Path, config: &RealNvpConfig) -> anyhow::Result<Image
         }
     }
     array.levels = levels;
-    Ok(Images {
-        array,
-        // A single file keeps the name it was given on the command line.
-        names: match only {
-            Some(_) => vec![input.display().to_string()],
-            None => indices
-                .iter()
-                .map(|&i| folder.files()[i].display().to_string())
-                .collect(),
-        },
-    })
+    Ok(Images { array, names })
 }
 
 /// Writes one image `[c, h, w]` of pixel levels `0..levels` as an 8-bit PNG; level `l`

@@ -50,15 +50,9 @@ pub fn decode_to_levels(
     model: &RealNvp<Inference>,
     latents: Latents<Inference>,
 ) -> Tensor<Inference, 4> {
-    let n = latents.len();
-    let parts: Vec<Tensor<Inference, 4>> = (0..n)
-        .step_by(CHUNK)
-        .map(|start| {
-            let chunk = latents.narrow(start, CHUNK.min(n - start));
-            model.preprocess().quantize(model.decode(chunk))
-        })
-        .collect();
-    Tensor::cat(parts, 0)
+    model
+        .preprocess()
+        .quantize(model.decode_in_chunks(latents, CHUNK))
 }
 
 /// Concatenates latents along the batch.

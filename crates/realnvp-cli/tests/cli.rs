@@ -307,6 +307,13 @@ fn bare_relative_input_names_are_read_from_the_working_directory() {
             .save(images.join(name))
             .expect("writable");
     }
+    // The working directory holds other things too: an image of another size that sorts
+    // first, and a folder. A named file is read alone.
+    image::GrayImage::from_pixel(16, 16, image::Luma([9u8]))
+        .save(images.join("0-larger.png"))
+        .expect("writable");
+    std::fs::create_dir(images.join("notes")).expect("writable");
+    std::fs::write(images.join("notes/readme.txt"), "not an image").expect("writable");
     let run_arg = run.to_str().expect("utf-8");
     let in_images = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_realnvp"))
@@ -360,6 +367,75 @@ fn bare_relative_input_names_are_read_from_the_working_directory() {
         let written = args[args.len() - 1];
         assert!(images.join(written).is_file(), "{full:?} wrote {written}");
     }
+}
+
+/// `--steps`, `--minutes` and `--seed` are part of the configuration that is checked: a
+/// cosine schedule takes its length from `--steps`.
+#[test]
+fn typed_flags_are_applied_before_the_configuration_is_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = train(
+        &dir.path().join("run"),
+        &[
+            "--set",
+            "train.schedule=\"cosine\"",
+            "--steps",
+            "2",
+            "--seed",
+            "5",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(dir.path().join("run/config.toml")).expect("written");
+    assert!(
+        config.contains("max_steps = 2") && config.contains("seed = 5"),
+        "{config}"
+    );
+}
+
+/// A vector model of more than two dimensions (CSV data) has no sample picture: it trains,
+/// evaluates and exports without one.
+#[test]
+fn a_vector_model_of_three_dimensions_trains_without_a_sample_picture() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rows = |n: usize, offset: usize| {
+        let mut text = String::from("a,b,c\n");
+        for i in offset..offset + n {
+            let x = (i as f64 * 0.37).sin();
+            let y = (i as f64 * 0.11).cos();
+            text.push_str(&format!("{x},{y},{}\n", x * y + 0.1 * (i % 7) as f64));
+        }
+        text
+    };
+    std::fs::write(dir.path().join("train.csv"), rows(96, 0)).expect("writable");
+    std::fs::write(dir.path().join("test.csv"), rows(32, 500)).expect("writable");
+    let config = dir.path().join("table.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\nkind = \"csv\"\ntrain = {:?}\ntest = {:?}\n\n[vector_model]\ncouplings = 2\nhidden = 8\n\n[train]\nbatch_size = 16\neval_every = 2\nsamples = 16\n",
+            dir.path().join("train.csv"),
+            dir.path().join("test.csv")
+        ),
+    )
+    .expect("writable");
+    let run = dir.path().join("run");
+    let out = realnvp(&[
+        "train",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--out",
+        run.to_str().expect("utf-8"),
+        "--steps",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(run.join("export/model.safetensors").is_file());
+    assert!(!run.join("samples").exists(), "no picture of a 3-D model");
+    let eval = realnvp(&["eval", "--run", run.to_str().expect("utf-8"), "--json"]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let json: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("one JSON object");
+    assert_eq!(json["examples"], 32);
 }
 
 /// A sample grid too large to hold is refused before anything is drawn, naming the limit.

@@ -42,14 +42,6 @@ impl FlowConfig {
             FlowConfig::Vector(c) => c.validate(),
         }
     }
-
-    /// Dimensions per example.
-    pub fn dims(&self) -> usize {
-        match self {
-            FlowConfig::Image(c) => c.dims(),
-            FlowConfig::Vector(c) => c.dims,
-        }
-    }
 }
 
 /// An image or a vector Real NVP.

@@ -303,6 +303,38 @@ fn to_planar(image: &DynamicImage, channels: usize) -> Vec<u8> {
     planar
 }
 
+/// Whether `path` names a PNG or JPEG file (by its extension, as a folder scan does).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Decodes the one image file `path` at its own size into an [`ImageArray`] of one image
+/// with `channels` (1 grey, 3 colour; 256 levels, no label): a single file given on the
+/// command line, without scanning its folder.
+pub fn decode_file(path: &Path, channels: usize) -> Result<ImageArray, DataError> {
+    let image = image::open(path)
+        .map_err(|e| DataError::format(path, format!("cannot decode image: {e}")))?;
+    let found = match image.color().channel_count() {
+        1 | 2 => 1,
+        _ => 3,
+    };
+    if found != channels {
+        return Err(DataError::format(
+            path,
+            format!("{found}-channel image in a {channels}-channel data set"),
+        ));
+    }
+    let (w, h) = image.dimensions();
+    Ok(ImageArray {
+        shape: [channels, h as usize, w as usize],
+        levels: 256,
+        pixels: to_planar(&image, channels),
+        labels: None,
+    })
+}
+
 /// Collects image files under `dir` in sorted order, and the other files.
 fn walk(dir: &Path, files: &mut Vec<PathBuf>, skipped: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -313,11 +345,7 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, skipped: &mut Vec<PathBuf>) -> Res
     for path in entries {
         if path.is_dir() {
             walk(&path, files, skipped)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
+        } else if is_image_file(&path) {
             files.push(path);
         } else {
             skipped.push(path);

@@ -305,6 +305,14 @@ impl RunConfig {
     /// Reads a TOML file, applies `key=value` overrides (dotted keys, e.g.
     /// `train.learning_rate=3e-4`) and validates the result.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        let config = Self::read(path, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`RunConfig::load`] without the validation, for a caller that sets more values
+    /// (typed command-line flags) and then calls [`RunConfig::validate`].
+    pub fn read(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
         let (mut value, source) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
@@ -338,7 +346,6 @@ impl RunConfig {
                 },
                 message: key_message(&e.path().to_string(), e.inner().message()),
             })?;
-        config.validate()?;
         Ok(config)
     }
 

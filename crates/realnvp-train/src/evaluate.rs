@@ -62,7 +62,7 @@ pub fn evaluate<K: FlowKind, B: ConvBackend>(
     };
     let (mut total_bpd, mut total_given, mut examples) = (0.0, None, 0);
     for batch in eval_batches(&source, batch_size) {
-        let batch = K::batch(model, batch?, device)?;
+        let batch = K::batch(model, batch?, false, device)?;
         let (marginal, given, count) = K::bits_per_dim_sums(model, batch);
         total_bpd += marginal;
         if let Some(given) = given {

@@ -34,7 +34,9 @@ pub trait FlowKind: Sized + Send + Sync + 'static {
     /// The model on a backend, for inference (`RealNvp<B>`, `VectorRealNvp<B>`).
     type Model<B: ConvBackend>: Module<B> + Clone + Debug + Send;
     /// The same model on an autodiff backend, for training: its evaluation copy
-    /// (`valid()`) is [`FlowKind::Model`] on the inner backend.
+    /// (`valid()`) is [`FlowKind::Model`] on the inner backend. The same type as `Model`
+    /// for both kinds; it exists because only here can the trait state that bound, which
+    /// Adam and `valid()` need, for every autodiff backend.
     type Trainable<B: AutodiffConvBackend>: AutodiffModule<B, InnerModule = Self::Model<B::InnerBackend>>
         + Clone
         + Debug
@@ -93,10 +95,13 @@ pub trait FlowKind: Sized + Send + Sync + 'static {
     /// This kind's part of a loaded data set; an error when it holds the other kind.
     fn data(splits: Splits) -> Result<Data<Self>, TrainError>;
 
-    /// A fetched batch of examples as `model`'s batch on `device`.
+    /// A fetched batch of examples as `model`'s batch on `device`. A class-conditional
+    /// model is given the labels: in training (`training`) images without labels are an
+    /// error, in evaluation they are scored by the marginal likelihood.
     fn batch<B: ConvBackend>(
         model: &Self::Model<B>,
         examples: <Self::Source as Fetch>::Batch,
+        training: bool,
         device: &B::Device,
     ) -> Result<Self::Batch<B>, TrainError>;
 
@@ -119,6 +124,10 @@ pub trait FlowKind: Sized + Send + Sync + 'static {
 
     /// Sum of squared coupling scales, for the L2 penalty.
     fn scale_penalty<B: ConvBackend>(model: &Self::Model<B>) -> Tensor<B, 1>;
+
+    /// Whether samples of a model with `settings` can be drawn as a picture (images; 2-D
+    /// vectors).
+    fn has_picture(settings: &Self::Settings) -> bool;
 
     /// Draws `n` samples at `temperature` (seeded by the caller) into a picture at
     /// `path`: a grid of images, or the scatter density of a 2-D model.
@@ -258,18 +267,19 @@ impl FlowKind for Images {
     fn batch<B: ConvBackend>(
         model: &RealNvp<B>,
         examples: ImageArray,
+        training: bool,
         device: &B::Device,
     ) -> Result<ImageBatch<B>, TrainError> {
         let batch = examples.to_batch::<B>(device);
         let labels = match (model.classes() > 0, batch.labels) {
-            (false, _) => None,
             (true, Some(labels)) => Some(labels),
-            (true, None) => {
+            (true, None) if training => {
                 return Err(TrainError::Config {
                     origin: "model.conditional".into(),
-                    message: "the images have no labels".into(),
+                    message: "the training images have no labels".into(),
                 })
             }
+            _ => None,
         };
         Ok(ImageBatch {
             pixels: batch.pixels,
@@ -311,6 +321,10 @@ impl FlowKind for Images {
 
     fn scale_penalty<B: ConvBackend>(model: &RealNvp<B>) -> Tensor<B, 1> {
         model.scale_penalty()
+    }
+
+    fn has_picture(_settings: &RealNvpConfig) -> bool {
+        true
     }
 
     fn draw_samples<B: ConvBackend>(
@@ -433,6 +447,7 @@ impl FlowKind for Vectors {
     fn batch<B: ConvBackend>(
         _model: &VectorRealNvp<B>,
         examples: VectorArray,
+        _training: bool,
         device: &B::Device,
     ) -> Result<Tensor<B, 2>, TrainError> {
         Ok(examples.to_tensor(device))
@@ -460,6 +475,10 @@ impl FlowKind for Vectors {
 
     fn scale_penalty<B: ConvBackend>(model: &VectorRealNvp<B>) -> Tensor<B, 1> {
         model.scale_penalty()
+    }
+
+    fn has_picture(settings: &VectorRealNvpConfig) -> bool {
+        settings.dims == 2
     }
 
     fn draw_samples<B: ConvBackend>(
@@ -515,7 +534,7 @@ fn other_kind<K: FlowKind>() -> TrainError {
     TrainError::Config {
         origin: "data".into(),
         message: format!(
-            "the data set holds the other kind of examples than an {} model takes",
+            "the data set holds the other kind of examples than a model of kind {} takes",
             K::NAME
         ),
     }

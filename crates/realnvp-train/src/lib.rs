@@ -8,14 +8,14 @@
 //! run directories with crash-safe, resumable checkpoints, `metrics.jsonl`, sample grids
 //! and an inference export loadable by `realnvp-core` alone. [`train_parallel`] trains the
 //! same run data-parallel on several devices of one machine over burn-collective's local
-//! all-reduce; with the `mpi` feature, `mpi_replicas::train_mpi` trains it across
+//! all-reduce; with the `mpi` feature, `run::mpi_replicas::train_mpi` trains it across
 //! processes and machines on MPI (`mpirun`, Slurm's `srun`).
 //!
 //! A run directory ([`RunDir`], which owns its layout) holds `config.toml` (the resolved
 //! configuration), `model.toml`, `metrics.jsonl`, `learning-curves.png`,
 //! `samples/step-<N>.png`, `checkpoints/step-<N>/`, `tensorboard/` and `export/` (with
 //! `export/best/`).
-
+//!
 //! The two kinds of flow, image and vector, are one trait, [`FlowKind`]: the run loop,
 //! evaluation, samples and checkpoints are written once, generic over the kind, and
 //! [`with_kind`] is the one place that decides which kind a model is.

@@ -10,7 +10,7 @@ use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 use crate::inputs::InputArgs;
-use crate::latent::{decode_to_levels, encode_images, image_model, write_grid};
+use crate::latent::{check_grid_size, decode_to_levels, encode_images, image_model, write_grid};
 
 // The flags of `realnvp compress`.
 #[derive(clap::Args, Debug)]
@@ -55,6 +55,10 @@ impl Args {
         let run = RunDir::at(&self.run);
         let model = image_model(&run)?;
         let images = self.inputs.load(&run, model.config())?;
+        let n = images.array.len();
+        check_grid_size(n.saturating_mul(fractions.len()), || {
+            format!("{n} images times {} --fractions", fractions.len())
+        })?;
         let latents = encode_images(&model, &images.array);
         let shapes = latents.shapes();
         Inference::seed(&backend::device(), self.seed);
@@ -72,7 +76,6 @@ impl Args {
             columns.push(decode_to_levels(&model, compress(&latents, &kept, fill)));
         }
         // [fractions, n, c, h, w] -> rows of images: [n, fractions, c, h, w].
-        let n = images.array.len();
         let config = model.config();
         let [c, h, w] = [config.channels, config.height, config.width];
         let grid = Tensor::stack::<5>(columns, 1).reshape([n * fractions.len(), c, h, w]);

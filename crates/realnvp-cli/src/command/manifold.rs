@@ -8,7 +8,7 @@ use realnvp_train::RunDir;
 
 use crate::backend;
 use crate::inputs::InputArgs;
-use crate::latent::{decode_to_levels, encode_images, image_model, write_grid};
+use crate::latent::{check_grid_size, decode_to_levels, encode_images, image_model, write_grid};
 
 // The flags of `realnvp manifold`.
 #[derive(clap::Args, Debug)]
@@ -37,6 +37,9 @@ impl Args {
         if rows < 2 || cols < 2 {
             bail!("--rows and --cols must be at least 2 (got {rows}, {cols})");
         }
+        check_grid_size(rows.saturating_mul(cols), || {
+            format!("--rows {rows} times --cols {cols}")
+        })?;
         let run = RunDir::at(&self.run);
         let model = image_model(&run)?;
         let images = self.inputs.load(&run, model.config())?;

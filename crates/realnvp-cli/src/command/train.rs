@@ -135,7 +135,7 @@ impl Args {
             None if self.resume && saved.is_file() => Some(saved.as_path()),
             given => given.as_deref(),
         };
-        let mut config = RunConfig::load(path, &self.overrides)?;
+        let mut config = RunConfig::read(path, &self.overrides)?;
         let train = &mut config.train;
         train.max_steps = self.steps.or(train.max_steps);
         train.max_minutes = self.minutes.or(train.max_minutes);

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::config::{RunConfig, TrainSettings};
 use crate::data::Splits;
 use crate::error::{error_chain, TrainError};
-use crate::evaluate::{check_sample_count, evaluate, write_samples, Evaluation, Split};
+use crate::evaluate::{evaluate, write_samples, Evaluation, Split};
 use crate::kind::{with_kind, Data, FlowKind, KindVisitor};
 use crate::output::journal::{Horizon, Journal};
 use crate::run::gradients::{gradient_norm, scale_gradients, update_average};
@@ -141,6 +141,17 @@ impl<B: AutodiffConvBackend, R: Replicas<B>> KindVisitor for Worker<'_, B, R> {
     type Output = Result<Option<TrainSummary>, TrainError>;
 
     fn visit<K: FlowKind>(self, settings: K::Settings) -> Self::Output {
+        let samples = self.config.train.samples;
+        if samples > K::MAX_SAMPLES {
+            return Err(TrainError::Config {
+                origin: "train.samples".into(),
+                message: format!(
+                    "{samples}: the sample picture of a model of kind {} holds at most {}",
+                    K::NAME,
+                    K::MAX_SAMPLES
+                ),
+            });
+        }
         let data = K::data(self.splits)?;
         let mut run = Run::<K, B, R>::start(
             self.config,
@@ -231,10 +242,6 @@ impl<'a, K: FlowKind, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, K, B, R> {
         let start = share_start_point(replicas, prepared, &run_dir)?;
 
         let model = K::init::<B>(&settings, t.conv_precision, device)?;
-        check_sample_count::<K>(t.samples).map_err(|e| TrainError::Config {
-            origin: "train.samples".into(),
-            message: error_chain(&e),
-        })?;
         let model = K::trainable(load_model::<K, B>(&start, MODEL, model, device)?);
         let mut optimizer = adam::<K, B>(t, K::dims(&settings));
         match start.record(OPTIMIZER, device)? {
@@ -499,9 +506,11 @@ impl<'a, K: FlowKind, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, K, B, R> {
     fn evaluate_and_draw(&mut self, limit: Option<usize>) -> Result<Evaluation, TrainError> {
         let model = self.eval_model();
         let best_before = self.state.best;
+        let draw = K::has_picture(&self.settings);
         let evaluation = evaluate_and_draw::<K, B::InnerBackend>(
             &model,
             &self.data,
+            draw,
             limit,
             &mut self.state,
             &self.run_dir,
@@ -515,7 +524,7 @@ impl<'a, K: FlowKind, B: AutodiffConvBackend, R: Replicas<B>> Run<'a, K, B, R> {
             self.run_dir
                 .export_best(&K::into_flow(model), &config, bits_per_dim, step)?;
         }
-        if let Some(leader) = self.leader.as_mut() {
+        if let (Some(leader), true) = (self.leader.as_mut(), draw) {
             let samples = self.run_dir.samples_path(self.state.step);
             leader.journal.log_samples(self.state.step, &samples)?;
         }
@@ -755,10 +764,12 @@ fn adam<K: FlowKind, B: AutodiffConvBackend>(t: &TrainSettings, dims: usize) -> 
 }
 
 /// Evaluates on (the first `limit` examples of) the test split, draws the step's sample
-/// grid and records the best held-out bits/dim.
+/// picture when `draw` and records the best held-out bits/dim.
+#[allow(clippy::too_many_arguments)]
 fn evaluate_and_draw<K: FlowKind, B: ConvBackend>(
     model: &K::Model<B>,
     data: &Data<K>,
+    draw: bool,
     limit: Option<usize>,
     state: &mut TrainState,
     run_dir: &RunDir,
@@ -774,15 +785,17 @@ fn evaluate_and_draw<K: FlowKind, B: ConvBackend>(
         t.seed,
         device,
     )?;
-    let samples = run_dir.samples_path(state.step);
-    write_samples::<K, B>(
-        model,
-        &samples,
-        t.samples,
-        t.sample_temperature,
-        t.seed,
-        device,
-    )?;
+    if draw {
+        let samples = run_dir.samples_path(state.step);
+        write_samples::<K, B>(
+            model,
+            &samples,
+            t.samples,
+            t.sample_temperature,
+            t.seed,
+            device,
+        )?;
+    }
     let bits_per_dim = e.curve_bits_per_dim();
     if bits_per_dim.is_finite() && state.best.is_none_or(|(best, _)| bits_per_dim < best) {
         state.best = Some((bits_per_dim, state.step));
@@ -848,7 +861,7 @@ impl<K: FlowKind> Batches<K> {
         device: &B::Device,
     ) -> Result<(K::Batch<B>, StreamPosition), TrainError> {
         let (examples, next) = self.stream.shard_at(position, shard)?;
-        Ok((K::batch(model, examples, device)?, next))
+        Ok((K::batch(model, examples, true, device)?, next))
     }
 }
 

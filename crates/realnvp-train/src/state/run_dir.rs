@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Every other module asks a [`RunDir`] for these paths; no file name of the layout is
-//! written anywhere else.
+//! written anywhere else. Inside `checkpoints/`, the checkpoints name their own step
+//! folders and files (`state::checkpoint`).
 
 use std::path::{Path, PathBuf};
 
