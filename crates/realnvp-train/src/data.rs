@@ -54,21 +54,6 @@ impl Splits {
         }
     }
 
-    /// Which examples are held out, in words: the official split, or the fallback.
-    pub fn held_out(&self) -> &str {
-        match self {
-            Splits::Images { held_out, .. } | Splits::Vectors { held_out, .. } => held_out,
-        }
-    }
-
-    /// Training and held-out examples.
-    pub fn sizes(&self) -> (usize, usize) {
-        match self {
-            Splits::Images { train, test, .. } => (train.len(), test.len()),
-            Splits::Vectors { train, test, .. } => (train.len(), test.len()),
-        }
-    }
-
     /// Whether training flips images.
     pub fn flip(config: &DataConfig) -> bool {
         match config {
@@ -325,6 +310,18 @@ fn file_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::{Data, FlowKind, Images};
+
+    /// The image splits of a valid configuration.
+    fn image_splits(config: &DataConfig) -> Data<Images> {
+        Images::data(Splits::load(config, 0).expect("a valid data set")).expect("images")
+    }
+
+    /// Training and held-out examples.
+    fn sizes(data: &Data<Images>) -> (usize, usize) {
+        (data.train.len(), data.test.len())
+    }
+
     use realnvp_data::folder::FolderPreset;
 
     /// Writes `count` grey `side x side` PNGs named `0000.png`, ... into `dir`.
@@ -367,9 +364,9 @@ mod tests {
         images(&valid, 3, 4);
         images(&other, 3, 6);
         let config = folder(&train, Some(&valid), None, Part::Valid);
-        let splits = Splits::load(&config, 0).expect("valid folders");
-        assert_eq!(splits.sizes(), (7, 3));
-        assert!(splits.held_out().contains("valid"), "{}", splits.held_out());
+        let splits = image_splits(&config);
+        assert_eq!(sizes(&splits), (7, 3));
+        assert!(splits.held_out.contains("valid"), "{}", splits.held_out);
 
         let config = folder(&train, Some(&other), None, Part::Valid);
         let err = Splits::load(&config, 0).unwrap_err().to_string();
@@ -387,13 +384,11 @@ mod tests {
             "0000.png 0\n0001.png 1\n0002.png 2\n0003.png 0\n0004.png 0\n0005.png 2\n",
         )
         .expect("writable");
-        let valid = Splits::load(&folder(&images_dir, None, Some(&list), Part::Valid), 0)
-            .expect("valid partition");
-        assert_eq!(valid.sizes(), (3, 1));
-        assert!(valid.held_out().contains("partition 1 (valid)"));
-        let test = Splits::load(&folder(&images_dir, None, Some(&list), Part::Test), 0)
-            .expect("valid partition");
-        assert_eq!(test.sizes(), (3, 2));
+        let valid = image_splits(&folder(&images_dir, None, Some(&list), Part::Valid));
+        assert_eq!(sizes(&valid), (3, 1));
+        assert!(valid.held_out.contains("partition 1 (valid)"));
+        let test = image_splits(&folder(&images_dir, None, Some(&list), Part::Test));
+        assert_eq!(sizes(&test), (3, 2));
 
         let both = folder(&images_dir, Some(&images_dir), Some(&list), Part::Valid);
         let err = Splits::load(&both, 0).unwrap_err().to_string();
@@ -404,8 +399,8 @@ mod tests {
     fn without_an_official_split_every_tenth_image_is_held_out_and_said_so() {
         let dir = tempfile::tempdir().expect("temp dir");
         images(dir.path(), 25, 4);
-        let splits = Splits::load(&folder(dir.path(), None, None, Part::Valid), 0).expect("valid");
-        assert_eq!(splits.sizes(), (23, 2));
-        assert!(splits.held_out().contains("every 10th"));
+        let splits = image_splits(&folder(dir.path(), None, None, Part::Valid));
+        assert_eq!(sizes(&splits), (23, 2));
+        assert!(splits.held_out.contains("every 10th"));
     }
 }
