@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use realnvp_core::{Dequantization, Flow, Latents, RealNvp};
 use realnvp_data::ImageArray;
-use realnvp_train::output::grid::{write_image_grid, MAX_GRID_IMAGES};
+use realnvp_train::output::grid::{write_level_grid, MAX_GRID_IMAGES};
 use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
@@ -76,28 +76,6 @@ pub fn to_bytes(levels: Tensor<Inference, 4>) -> (Vec<u8>, [usize; 4]) {
         .map(|&v| v as u8)
         .collect();
     (bytes, shape)
-}
-
-/// Writes pixel levels `[n, c, h, w]` as a grid PNG, `columns` images per row.
-pub fn write_grid(
-    path: &Path,
-    levels: Tensor<Inference, 4>,
-    model_levels: u32,
-    columns: usize,
-) -> anyhow::Result<()> {
-    let shape = levels.dims();
-    let values = levels
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    Ok(write_image_grid(
-        path,
-        &values,
-        shape,
-        model_levels,
-        columns,
-    )?)
 }
 
 /// Refuses a grid of more than [`MAX_GRID_IMAGES`] images (in training-size images),
@@ -167,7 +145,7 @@ pub fn sample_grid(
             decode_to_levels(&model, latents)
         })
         .collect();
-    write_grid(out, Tensor::cat(rows, 0), config.preprocess.levels, n)?;
+    write_level_grid(out, Tensor::cat(rows, 0), config.preprocess.levels, n)?;
     eprintln!("backend: {}", backend::NAME);
     println!("{}", out.display());
     Ok(())

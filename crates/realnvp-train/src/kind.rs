@@ -22,7 +22,7 @@ use realnvp_data::ImageArray;
 
 use crate::data::Splits;
 use crate::error::TrainError;
-use crate::output::grid::{write_image_grid, write_scatter, MAX_GRID_IMAGES, MAX_SCATTER_POINTS};
+use crate::output::grid::{write_level_grid, write_scatter, MAX_GRID_IMAGES, MAX_SCATTER_POINTS};
 
 /// A kind of flow: its settings, its model on any backend, its batch and its data, and
 /// what the trainer, evaluation, samples, checkpoints and the data-parallel path ask of
@@ -61,12 +61,23 @@ pub trait FlowKind: Sized + Send + Sync + 'static {
     /// Dimensions per example of `model`.
     fn model_dims<B: ConvBackend>(model: &Self::Model<B>) -> usize;
 
-    /// A freshly initialised model whose s/t convolutions compute in `precision`.
+    /// A freshly initialised model (core's `init` of the settings).
+    fn new_model<B: ConvBackend>(
+        settings: &Self::Settings,
+        device: &B::Device,
+    ) -> Result<Self::Model<B>, ConfigError>;
+
+    /// A freshly initialised model whose s/t convolutions compute in `precision`; errors
+    /// name `model` or `train.conv_precision`.
     fn init<B: ConvBackend>(
         settings: &Self::Settings,
         precision: ConvPrecision,
         device: &B::Device,
-    ) -> Result<Self::Model<B>, TrainError>;
+    ) -> Result<Self::Model<B>, TrainError> {
+        let model = Self::new_model(settings, device).map_err(model_error("model"))?;
+        Self::with_conv_precision(model, precision, device)
+            .map_err(model_error("train.conv_precision"))
+    }
 
     /// `model` with its s/t convolutions computed in `precision`, after checking that the
     /// backend computes in that type on `device` (`train.conv_precision`, `eval
@@ -206,14 +217,11 @@ impl FlowKind for Images {
         model.config().dims()
     }
 
-    fn init<B: ConvBackend>(
+    fn new_model<B: ConvBackend>(
         settings: &RealNvpConfig,
-        precision: ConvPrecision,
         device: &B::Device,
-    ) -> Result<RealNvp<B>, TrainError> {
-        let model = settings.init(device).map_err(model_error("model"))?;
-        Self::with_conv_precision(model, precision, device)
-            .map_err(model_error("train.conv_precision"))
+    ) -> Result<RealNvp<B>, ConfigError> {
+        settings.init(device)
     }
 
     fn with_conv_precision<B: ConvBackend>(
@@ -338,14 +346,8 @@ impl FlowKind for Images {
         let samples = model
             .preprocess()
             .quantize(model.decode_in_chunks(latents, SAMPLE_CHUNK));
-        let shape = samples.dims();
-        let pixels = samples
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default();
         let columns = (n as f64).sqrt().ceil() as usize;
-        write_image_grid(path, &pixels, shape, model.preprocess().levels(), columns)
+        write_level_grid(path, samples, model.preprocess().levels(), columns)
     }
 }
 
@@ -379,14 +381,11 @@ impl FlowKind for Vectors {
         model.dims()
     }
 
-    fn init<B: ConvBackend>(
+    fn new_model<B: ConvBackend>(
         settings: &VectorRealNvpConfig,
-        precision: ConvPrecision,
         device: &B::Device,
-    ) -> Result<VectorRealNvp<B>, TrainError> {
-        let model = settings.init(device).map_err(model_error("model"))?;
-        Self::with_conv_precision(model, precision, device)
-            .map_err(model_error("train.conv_precision"))
+    ) -> Result<VectorRealNvp<B>, ConfigError> {
+        settings.init(device)
     }
 
     fn with_conv_precision<B: ConvBackend>(

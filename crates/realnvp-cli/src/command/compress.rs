@@ -6,11 +6,12 @@ use anyhow::bail;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use realnvp_core::latent_space::{compress, Fill, Kept};
+use realnvp_train::output::grid::write_level_grid;
 use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
 use crate::inputs::InputArgs;
-use crate::latent::{check_grid_size, decode_to_levels, encode_images, image_model, write_grid};
+use crate::latent::{check_grid_size, decode_to_levels, encode_images, image_model};
 
 // The flags of `realnvp compress`.
 #[derive(clap::Args, Debug)]
@@ -79,7 +80,7 @@ impl Args {
         let config = model.config();
         let [c, h, w] = [config.channels, config.height, config.width];
         let grid = Tensor::stack::<5>(columns, 1).reshape([n * fractions.len(), c, h, w]);
-        write_grid(&self.out, grid, config.preprocess.levels, fractions.len())?;
+        write_level_grid(&self.out, grid, config.preprocess.levels, fractions.len())?;
         eprintln!("backend: {}", backend::NAME);
         println!(
             "{}: one row per image ({})",

@@ -4,12 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
+use realnvp_train::output::grid::write_level_grid;
 use realnvp_train::RunDir;
 
 use crate::backend::{self, Inference};
-use crate::latent::{
-    check_grid_size, check_temperature, decode_to_levels, image_model, write_grid,
-};
+use crate::latent::{check_grid_size, check_temperature, decode_to_levels, image_model};
 
 // The flags of `realnvp extrapolate`.
 #[derive(clap::Args, Debug)]
@@ -53,7 +52,7 @@ impl Args {
         let latents = model.sample_latents_sized(n, height, width, self.temperature, &device);
         let images = decode_to_levels(&model, latents);
         let columns = (n as f64).sqrt().ceil() as usize;
-        write_grid(&self.out, images, config.preprocess.levels, columns)?;
+        write_level_grid(&self.out, images, config.preprocess.levels, columns)?;
         eprintln!("backend: {}", backend::NAME);
         println!(
             "{}: {n} samples of {height}x{width} pixels",

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use realnvp_core::latent_space::manifold;
+use realnvp_train::output::grid::write_level_grid;
 use realnvp_train::RunDir;
 
 use crate::backend;
 use crate::inputs::InputArgs;
-use crate::latent::{check_grid_size, decode_to_levels, encode_images, image_model, write_grid};
+use crate::latent::{check_grid_size, decode_to_levels, encode_images, image_model};
 
 // The flags of `realnvp manifold`.
 #[derive(clap::Args, Debug)]
@@ -52,7 +53,7 @@ impl Args {
         }
         let corners = encode_images(&model, &images.array);
         let grid = decode_to_levels(&model, manifold(&corners, rows, cols));
-        write_grid(&self.out, grid, model.config().preprocess.levels, cols)?;
+        write_level_grid(&self.out, grid, model.config().preprocess.levels, cols)?;
         eprintln!("backend: {}", backend::NAME);
         let names = &images.names;
         println!(

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use image::{ImageBuffer, Luma, Rgb};
 
 use crate::error::TrainError;
@@ -12,6 +14,23 @@ pub const MAX_GRID_IMAGES: usize = 10_000;
 
 /// The most points one scatter PNG of a 2-D model is drawn from.
 pub const MAX_SCATTER_POINTS: usize = 1_000_000;
+
+/// Writes pixel levels `[n, c, h, w]` held in a tensor (values `0..levels`) as a grid PNG
+/// with `columns` images per row: [`write_image_grid`] of the tensor's values.
+pub fn write_level_grid<B: Backend>(
+    path: &Path,
+    pixels: Tensor<B, 4>,
+    levels: u32,
+    columns: usize,
+) -> Result<(), TrainError> {
+    let shape = pixels.dims();
+    let values = pixels
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    write_image_grid(path, &values, shape, levels, columns)
+}
 
 /// Writes images `[n, c, h, w]` (pixel levels `0..levels`, row-major, `c` = 1 or 3) as a
 /// grid PNG with `columns` images per row and a one-pixel border.
