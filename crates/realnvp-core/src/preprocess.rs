@@ -29,6 +29,16 @@ pub enum Dequantization {
     /// state, so that several workers in one process (data-parallel training) each draw
     /// exactly their own noise.
     Seeded(u64),
+    /// The noise of examples `first_example..` of a larger set whose noise is one ChaCha8
+    /// stream seeded with `seed`: a set scored in chunks of any size gets the noise it
+    /// would get in one batch, so scores do not depend on the batch size.
+    /// `SeededAt { seed, first_example: 0 }` is `Seeded(seed)`.
+    SeededAt {
+        /// The seed of the whole set's stream.
+        seed: u64,
+        /// The index, within the set, of the batch's first example.
+        first_example: u64,
+    },
 }
 
 /// Settings of the preprocessing transform.
@@ -133,7 +143,15 @@ impl Preprocess {
         let offset = match dequantization {
             Dequantization::Uniform => x.random_like(Distribution::Uniform(0.0, 1.0)),
             Dequantization::Centre => x.zeros_like().add_scalar(0.5),
-            Dequantization::Seeded(seed) => seeded_uniform(x.shape(), seed, &x.device()),
+            Dequantization::Seeded(seed) => seeded_uniform(x.shape(), seed, 0, &x.device()),
+            Dequantization::SeededAt {
+                seed,
+                first_example,
+            } => {
+                let per_example = x.shape().num_elements() / x.dims()[0].max(1);
+                let skip = u128::from(first_example) * per_example as u128;
+                seeded_uniform(x.shape(), seed, skip, &x.device())
+            }
         };
         (x + offset).div_scalar(self.levels as f64)
     }
@@ -183,14 +201,17 @@ impl<B: Backend, const D: usize> Bijector<B, D> for Preprocess {
     }
 }
 
-/// `u ~ U[0, 1)` of `shape`, drawn on the host from ChaCha8 seeded with `seed`.
+/// `u ~ U[0, 1)` of `shape`, drawn on the host from ChaCha8 seeded with `seed`, after the
+/// first `skip` values of its stream (one 32-bit word per value).
 fn seeded_uniform<B: Backend, const D: usize>(
     shape: burn::tensor::Shape,
     seed: u64,
+    skip: u128,
     device: &B::Device,
 ) -> Tensor<B, D> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_word_pos(skip);
     let values: Vec<f32> = (0..shape.num_elements())
         .map(|_| rng.random::<f32>())
         .collect();
@@ -274,6 +295,36 @@ mod tests {
             .iter()
             .zip(&a)
             .all(|(x, y)| *y >= x / 17.0 && *y < (x + 1.0) / 17.0));
+    }
+
+    #[test]
+    fn seeded_noise_of_a_chunk_is_its_slice_of_the_whole_set() {
+        let p = preprocess(256, None);
+        let x = uniform::<Cpu, 4>([7, 2, 3, 3], 0.0, 256.0, 6).floor();
+        let whole = values(p.dequantize(x.clone(), Dequantization::Seeded(11)));
+        let per_example = 2 * 3 * 3;
+        let mut chunked = Vec::new();
+        for (start, len) in [(0, 3), (3, 1), (4, 3)] {
+            let chunk = x.clone().narrow(0, start, len);
+            let dequantization = Dequantization::SeededAt {
+                seed: 11,
+                first_example: start as u64,
+            };
+            chunked.extend(values(p.dequantize(chunk, dequantization)));
+        }
+        assert_eq!(whole, chunked, "chunks of 3, 1 and 3 examples");
+        let shifted = values(p.dequantize(
+            x.narrow(0, 1, 1),
+            Dequantization::SeededAt {
+                seed: 11,
+                first_example: 0,
+            },
+        ));
+        assert_ne!(
+            shifted,
+            whole[per_example..2 * per_example],
+            "the position in the stream matters"
+        );
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use burn::tensor::backend::Backend;
 use realnvp_core::{Dequantization, Flow, RealNvp, VectorRealNvp};
 use realnvp_data::loader::VectorArray;
 use realnvp_data::tabular::{read_csv, Standardizer};
@@ -39,6 +38,11 @@ pub struct Args {
     /// CSV with a header.
     #[arg(long)]
     csv: bool,
+    /// Seed of the dequantisation noise: the inputs, in order, draw one stream of noise,
+    /// so a score does not depend on how many inputs are scored together (the Python
+    /// package's `seed=` gives the same numbers).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// One scored input.
@@ -60,6 +64,7 @@ impl Args {
             self.plot.as_deref(),
             self.json,
             self.csv,
+            self.seed,
         )
     }
 }
@@ -73,12 +78,13 @@ fn score(
     plot: Option<&Path>,
     json: bool,
     csv: bool,
+    seed: u64,
 ) -> anyhow::Result<()> {
     let device = backend::device();
     let (model, _) = run.load_model::<Inference>(&device)?;
     // Images come from files or the run's data set, vectors from CSV rows.
     let score = |input: &Path| match &model {
-        Flow::Image(model) => score_images(model, run, input),
+        Flow::Image(model) => score_images(model, run, input, seed),
         Flow::Vector(model) => score_rows(model, run, input),
     };
     let records = score(input)?;
@@ -133,6 +139,7 @@ fn score_images(
     model: &RealNvp<Inference>,
     run: &RunDir,
     input: &Path,
+    seed: u64,
 ) -> anyhow::Result<Vec<Record>> {
     let config = model.config();
     let images = match input.to_str() {
@@ -164,12 +171,17 @@ fn score_images(
     for chunk in indices.chunks(64) {
         let batch = images.array.select(chunk);
         let pixels = batch.to_tensor(&device);
-        let bpd = seeded_bits_per_dim::<Images>(
+        let noise = Dequantization::SeededAt {
+            seed,
+            first_example: chunk[0] as u64,
+        };
+        let bpd = bits_per_dim::<Images>(
             model,
             ImageBatch {
                 pixels,
                 labels: None,
             },
+            noise,
         );
         for (k, &i) in chunk.iter().enumerate() {
             records.push(Record {
@@ -212,7 +224,8 @@ fn score_rows(
         dims,
         values: table.values.iter().map(|&v| v as f32).collect(),
     };
-    let bpd = seeded_bits_per_dim::<Vectors>(model, rows.to_tensor(&device));
+    // Vectors are continuous: there is no dequantisation noise.
+    let bpd = bits_per_dim::<Vectors>(model, rows.to_tensor(&device), Dequantization::Centre);
     Ok(bpd
         .iter()
         .enumerate()
@@ -280,13 +293,13 @@ fn summarise(
     }
 }
 
-/// Bits/dim of a batch (images: marginal) with seeded uniform dequantisation.
-fn seeded_bits_per_dim<K: FlowKind>(
+/// Bits/dim of a batch (images: marginal).
+fn bits_per_dim<K: FlowKind>(
     model: &K::Model<Inference>,
     batch: K::Batch<Inference>,
+    dequantization: Dequantization,
 ) -> Vec<f64> {
-    Inference::seed(&backend::device(), 0);
-    K::bits_per_dim(model, batch, Dequantization::Uniform)
+    K::bits_per_dim(model, batch, dequantization)
         .into_data()
         .convert::<f64>()
         .to_vec::<f64>()
