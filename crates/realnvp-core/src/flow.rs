@@ -89,6 +89,11 @@ pub enum ExportError {
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// File name of the configuration inside an export directory.
 pub const CONFIG_FILE: &str = "model.toml";
+/// Folder of a run directory that holds its export (written by realnvp-train's `RunDir`,
+/// read by everything that loads a trained run: the CLI, the Python package).
+pub const RUN_EXPORT_DIR: &str = "export";
+/// Folder, inside a run's export, of the model with the best held-out bits/dim so far.
+pub const BEST_EXPORT_DIR: &str = "best";
 
 /// Writes `model` and its `config` into `dir` (`model.safetensors`, `model.toml`),
 /// creating the directory. Batch-norm running averages are saved with the weights.

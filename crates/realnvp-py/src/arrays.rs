@@ -36,11 +36,12 @@ fn shape_text(shape: &[usize]) -> String {
     }
 }
 
-/// `array` as a C-contiguous array of `T`: no copy when it already is one; `cast` says
-/// whether its dtype may be converted (`astype`, a copy) or is refused with `dtype_error`.
+/// `array` (`what`, for messages) as a C-contiguous array of `T` (NumPy's `dtype`): no
+/// copy when it already is one, else converted (`astype`) or laid out anew.
 fn contiguous<'py, T: Element>(
     array: Bound<'py, PyUntypedArray>,
     dtype: &str,
+    what: &str,
 ) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
     let py = array.py();
     let array = if array.dtype().is_equiv_to(&numpy::dtype::<T>(py)) {
@@ -57,7 +58,7 @@ fn contiguous<'py, T: Element>(
     let array = array.cast_into::<PyArrayDyn<T>>()?;
     array
         .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("the array cannot be read: {e}")))
+        .map_err(|e| PyValueError::new_err(format!("{what}: the array cannot be read: {e}")))
 }
 
 /// Images as a model reads them: `n` images of pixel levels, borrowed from NumPy.
@@ -77,6 +78,12 @@ impl<'py> PixelArray<'py> {
         levels: u32,
         channels_last: bool,
     ) -> PyResult<Self> {
+        if levels > 256 {
+            return Err(PyValueError::new_err(format!(
+                "images: the model has {levels} pixel levels; the Python package reads and \
+                 writes 8-bit levels (at most 256)"
+            )));
+        }
         let array = as_ndarray(x)?;
         let [c, h, w] = shape;
         let expected = if channels_last {
@@ -103,7 +110,7 @@ impl<'py> PixelArray<'py> {
         if kind != b'u' || array.dtype().itemsize() != 1 {
             check_integer_range(&array, top)?;
         }
-        let levels = contiguous::<u8>(array, "uint8")?;
+        let levels = contiguous::<u8>(array, "uint8", "images")?;
         let pixels = Self {
             levels,
             shape,
@@ -227,7 +234,7 @@ impl<'py> FloatArray<'py> {
                 array.dtype()
             )));
         }
-        let values = contiguous::<f32>(array, "float32")?;
+        let values = contiguous::<f32>(array, "float32", what)?;
         let slice = values.as_slice().unwrap_or(&[]);
         if let Some(at) = slice.iter().position(|v| !v.is_finite()) {
             let per_row = inner.iter().product::<usize>().max(1);
@@ -264,12 +271,17 @@ pub fn rows<const D: usize>(values: &[f32], start: usize, shape: [usize; D]) -> 
     Tensor::from_data(TensorData::new(part, shape), &Default::default())
 }
 
+/// The error for labels (`what`) given to a model without classes.
+pub fn not_conditional(what: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "{what}: the model is not class-conditional (it was trained without labels)"
+    ))
+}
+
 /// Reads class labels `[n]`, integers in `0..classes`.
 pub fn read_labels(x: &Bound<'_, PyAny>, n: usize, classes: usize) -> PyResult<Vec<i64>> {
     if classes == 0 {
-        return Err(PyValueError::new_err(
-            "labels: the model is not class-conditional (it was trained without labels)",
-        ));
+        return Err(not_conditional("labels"));
     }
     let array = as_ndarray(x)?;
     if array.shape() != [n] {
@@ -289,23 +301,22 @@ pub fn read_labels(x: &Bound<'_, PyAny>, n: usize, classes: usize) -> PyResult<V
         .call_method1("astype", ("int64",))?
         .call_method0("tolist")?
         .extract()?;
-    check_label_range(&labels, classes)?;
-    Ok(labels)
-}
-
-/// Refuses a label outside `0..classes`.
-pub fn check_label_range(labels: &[i64], classes: usize) -> PyResult<()> {
-    if let Some((i, bad)) = labels
+    if let Some((i, &bad)) = labels
         .iter()
         .enumerate()
-        .find(|(_, &l)| l < 0 || l as usize >= classes)
+        .find(|(_, &l)| !label_in_range(l, classes))
     {
         return Err(PyValueError::new_err(format!(
             "labels: label {bad} of example {i} is outside 0..={}, the model's {classes} classes",
             classes - 1
         )));
     }
-    Ok(())
+    Ok(labels)
+}
+
+/// Whether `label` is one of `classes` classes.
+pub fn label_in_range(label: i64, classes: usize) -> bool {
+    usize::try_from(label).is_ok_and(|l| l < classes)
 }
 
 /// Labels `start..start + len` as a tensor.

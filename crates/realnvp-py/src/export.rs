@@ -5,15 +5,10 @@ use std::path::{Path, PathBuf};
 
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::PyErr;
-use realnvp_core::flow::{CONFIG_FILE, WEIGHTS_FILE};
+use realnvp_core::flow::{BEST_EXPORT_DIR, CONFIG_FILE, RUN_EXPORT_DIR, WEIGHTS_FILE};
 use realnvp_core::{load_model, ExportError, Flow, FlowConfig};
 
 use crate::Cpu;
-
-/// The folder of a run directory that holds its export (realnvp-train's run layout).
-const EXPORT: &str = "export";
-/// The folder, inside an export, of the best held-out model.
-const BEST: &str = "best";
 
 /// The export directory `path` stands for: `path/export` (or `path/export/best`) of a run
 /// directory, or `path` itself (or `path/best`) when it holds the weights.
@@ -25,21 +20,24 @@ pub fn find(path: &Path, best: bool) -> Result<PathBuf, PyErr> {
         )));
     }
     let candidates = if best {
-        [path.join(EXPORT).join(BEST), path.join(BEST)]
+        [
+            path.join(RUN_EXPORT_DIR).join(BEST_EXPORT_DIR),
+            path.join(BEST_EXPORT_DIR),
+        ]
     } else {
-        [path.join(EXPORT), path.to_path_buf()]
+        [path.join(RUN_EXPORT_DIR), path.to_path_buf()]
     };
     if let Some(dir) = candidates.iter().find(|d| d.join(WEIGHTS_FILE).is_file()) {
         return Ok(dir.clone());
     }
     let what = if best {
         format!(
-            "no best export here ({EXPORT}/{BEST}/{WEIGHTS_FILE}): a run writes it at its \
+            "no best export here ({RUN_EXPORT_DIR}/{BEST_EXPORT_DIR}/{WEIGHTS_FILE}): a run writes it at its \
              first evaluation on held-out data"
         )
     } else {
         format!(
-            "no trained model here: expected a run directory with {EXPORT}/{WEIGHTS_FILE} \
+            "no trained model here: expected a run directory with {RUN_EXPORT_DIR}/{WEIGHTS_FILE} \
              (written when training ends) or an export directory with {WEIGHTS_FILE} and \
              {CONFIG_FILE}"
         )

@@ -15,8 +15,8 @@ use realnvp_core::prior::standard_normal_sample;
 use realnvp_core::{Bijector, Dequantization, Flow, FlowConfig, Latents, RealNvp, VectorRealNvp};
 
 use crate::arrays::{
-    array, check_label_range, label_tensor, read_labels, rows, to_channels_last, vector_f64,
-    FloatArray, LatentInput, PixelArray,
+    array, label_in_range, label_tensor, not_conditional, read_labels, rows, to_channels_last,
+    vector_f64, FloatArray, LatentInput, PixelArray,
 };
 use crate::Cpu;
 
@@ -79,23 +79,56 @@ impl Noise {
     }
 }
 
-/// Refuses a batch size of 0.
-fn check_batch_size(batch_size: usize) -> PyResult<usize> {
-    if batch_size == 0 {
-        return Err(PyValueError::new_err(
-            "batch_size: expected at least 1 example per batch, got 0",
-        ));
+/// The most values `sample` draws in one call (8 GiB of float32 latents): more are
+/// refused rather than letting the allocation abort the interpreter.
+const MAX_SAMPLE_VALUES: usize = 1 << 31;
+
+/// Refuses a batch size below 1. Counts arrive as Python ints and are checked here, so
+/// that a negative one is a `ValueError` naming its argument.
+fn check_batch_size(batch_size: i64) -> PyResult<usize> {
+    usize::try_from(batch_size)
+        .ok()
+        .filter(|&b| b > 0)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "batch_size: expected at least 1 example per batch, got {batch_size}"
+            ))
+        })
+}
+
+/// Reads `seed=`: `None`, or an integer in `0..2^64`.
+fn check_seed(seed: Option<i128>) -> PyResult<Option<u64>> {
+    seed.map(|s| {
+        u64::try_from(s).map_err(|_| {
+            PyValueError::new_err(format!(
+                "seed: expected an integer 0..2**64 or None, got {s}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// Runs `work` with the GIL released, on one of rayon's worker threads. The CPU kernels
+/// split every operation across rayon's pool: from a worker each split is a `join`, from
+/// any other thread a job injected into the pool while the caller sleeps, thousands of
+/// times a second (the CLI's `on_compute_threads` says more). Scoring 2,000 Fashion-MNIST
+/// test images from the calling thread took 10 to 20 % longer.
+fn compute<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> R {
+    py.detach(|| rayon::scope(|_| work()))
+}
+
+/// Runs `f(start, len)` on consecutive batches of at most `batch` of `n` examples.
+fn for_batches(n: usize, batch: usize, mut f: impl FnMut(usize, usize)) {
+    for start in (0..n).step_by(batch) {
+        f(start, batch.min(n - start));
     }
-    Ok(batch_size)
 }
 
 /// Runs `f(start, len)` on consecutive batches of at most `batch` of `n` examples and
 /// concatenates what they return.
 fn in_batches<T>(n: usize, batch: usize, mut f: impl FnMut(usize, usize) -> Vec<T>) -> Vec<T> {
     let mut out = Vec::new();
-    for start in (0..n).step_by(batch) {
-        out.extend(f(start, batch.min(n - start)));
-    }
+    for_batches(n, batch, |start, len| out.extend(f(start, len)));
     out
 }
 
@@ -122,15 +155,19 @@ impl Model {
     }
 
     /// Continuous pixels in `[0, 1)` to levels of the data the model was trained on, as
-    /// bytes (a model of fewer `n_bits` levels gives every level its bin's lowest value).
+    /// bytes. A model of fewer (`n_bits`) levels than its data gives each of its levels
+    /// the lowest data level of its bin: `ceil(k * data_levels / levels)`.
     fn to_data_levels(model: &RealNvp<Cpu>, y: Tensor<Cpu, 4>) -> Vec<u8> {
         let preprocess = model.preprocess();
-        let data_levels = model.config().preprocess.levels as f32;
-        let scale = data_levels / preprocess.levels() as f32;
-        let top = data_levels - 1.0;
+        let data_levels = u64::from(model.config().preprocess.levels);
+        let levels = u64::from(preprocess.levels());
         to_f32(preprocess.quantize(y))
             .into_iter()
-            .map(|level| (level * scale).floor().clamp(0.0, top) as u8)
+            .map(|level| {
+                let k = level as u64;
+                let data = (k * data_levels).div_ceil(levels).min(data_levels - 1);
+                u8::try_from(data).unwrap_or(u8::MAX)
+            })
             .collect()
     }
 
@@ -158,9 +195,7 @@ impl Model {
             ));
         }
         if labels {
-            return Err(PyValueError::new_err(
-                "labels: a vector model is not class-conditional",
-            ));
+            return Err(not_conditional("labels"));
         }
         Ok(())
     }
@@ -173,13 +208,13 @@ impl Model {
         x: &Bound<'_, PyAny>,
         labels: Option<&Bound<'_, PyAny>>,
         dequantization: &str,
-        seed: Option<u64>,
-        batch_size: usize,
+        seed: Option<i128>,
+        batch_size: i64,
         channels_last: bool,
         measure: Measure,
     ) -> PyResult<Vec<f64>> {
         let batch = check_batch_size(batch_size)?;
-        let noise = Noise::parse(dequantization, seed)?;
+        let noise = Noise::parse(dequantization, check_seed(seed)?)?;
         match &self.flow {
             Flow::Image(model) => {
                 let levels = model.config().preprocess.levels;
@@ -189,7 +224,7 @@ impl Model {
                     .map(|l| read_labels(l, n, model.classes()))
                     .transpose()?;
                 let view = pixels.view();
-                Ok(py.detach(|| {
+                Ok(compute(py, || {
                     in_batches(n, batch, |start, len| {
                         let x = view.tensor(start, len);
                         let dequantization = noise.at(start);
@@ -213,7 +248,7 @@ impl Model {
                 let dims = model.dims();
                 let vectors = FloatArray::read(x, "vectors", &[dims])?;
                 let (n, values) = (vectors.len(), vectors.values());
-                Ok(py.detach(|| {
+                Ok(compute(py, || {
                     in_batches(n, batch, |start, len| {
                         let log_prob = model.log_prob(rows(values, start, [len, dims]));
                         to_f64(match measure {
@@ -392,7 +427,10 @@ impl Model {
     /// `dequantization`: `"uniform"` (noise `u ~ U[0, 1)` added to every level, drawn from
     /// one stream seeded with `seed` over the whole input, so the result does not depend on
     /// `batch_size`; `seed=None` draws fresh noise) or `"centre"` (`+ 0.5`, deterministic).
-    /// `realnvp score --json` gives the same numbers for `seed=0`.
+    /// `realnvp score --json` gives the same numbers for `seed=0` (for a vector model
+    /// trained on a CSV file, `score` also standardises the rows: see the README).
+    /// Arrays are read in place while the GIL is released: do not change them from another
+    /// thread during the call.
     #[pyo3(
         signature = (x, labels = None, *, dequantization = "uniform", seed = Some(0), batch_size = 64, channels_last = false),
         text_signature = "($self, x, labels=None, *, dequantization=\"uniform\", seed=0, batch_size=64, channels_last=False)"
@@ -404,8 +442,8 @@ impl Model {
         x: &Bound<'py, PyAny>,
         labels: Option<&Bound<'py, PyAny>>,
         dequantization: &str,
-        seed: Option<u64>,
-        batch_size: usize,
+        seed: Option<i128>,
+        batch_size: i64,
         channels_last: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let bits = self.score(
@@ -435,8 +473,8 @@ impl Model {
         x: &Bound<'py, PyAny>,
         labels: Option<&Bound<'py, PyAny>>,
         dequantization: &str,
-        seed: Option<u64>,
-        batch_size: usize,
+        seed: Option<i128>,
+        batch_size: i64,
         channels_last: bool,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let nats = self.score(
@@ -464,25 +502,26 @@ impl Model {
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         dequantization: &str,
-        seed: Option<u64>,
-        batch_size: usize,
+        seed: Option<i128>,
+        batch_size: i64,
         channels_last: bool,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
         let model = self.image_model("classify")?;
         let classes = model.classes();
         if classes == 0 {
-            return Err(PyValueError::new_err(
-                "classify: the model is not class-conditional (it was trained without labels)",
-            ));
+            return Err(not_conditional("classify"));
         }
         let batch = check_batch_size(batch_size)?;
-        let noise = Noise::parse(dequantization, seed)?;
+        let noise = Noise::parse(dequantization, check_seed(seed)?)?;
         let levels = model.config().preprocess.levels;
         let pixels = PixelArray::read(x, Self::image_shape(model), levels, channels_last)?;
         let n = pixels.len();
         let view = pixels.view();
-        let posteriors = py.detach(|| {
+        let posteriors = compute(py, || {
             in_batches(n, batch, |start, len| {
+                // log p(k | x) = log p(x | k) - logsumexp_k log p(x | k), in f64 on the
+                // host: the joint values are thousands of nats, where f32 would leave the
+                // posteriors only to about 1e-4.
                 let joint = to_f64(model.class_log_probs(view.tensor(start, len), noise.at(start)));
                 joint
                     .chunks_exact(classes)
@@ -509,11 +548,11 @@ impl Model {
     fn sample<'py>(
         &self,
         py: Python<'py>,
-        n: usize,
+        n: i64,
         temperature: f64,
-        seed: Option<u64>,
+        seed: Option<i128>,
         label: Option<i64>,
-        batch_size: usize,
+        batch_size: i64,
         channels_last: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         if !(temperature.is_finite() && temperature >= 0.0) {
@@ -521,26 +560,54 @@ impl Model {
                 "temperature: expected a finite number at least 0, got {temperature}"
             )));
         }
+        let n = usize::try_from(n).map_err(|_| {
+            PyValueError::new_err(format!(
+                "n: expected a number of samples at least 0, got {n}"
+            ))
+        })?;
+        let dims = self.dims();
+        if n.checked_mul(dims)
+            .is_none_or(|values| values > MAX_SAMPLE_VALUES)
+        {
+            return Err(PyValueError::new_err(format!(
+                "n: {n} samples of {dims} dimensions are more than one call draws (at most \
+                 {MAX_SAMPLE_VALUES} values); draw them in several calls"
+            )));
+        }
         let batch = check_batch_size(batch_size)?;
-        let seed = seed.unwrap_or_else(rand::random);
+        let seed = check_seed(seed)?.unwrap_or_else(rand::random);
         match &self.flow {
             Flow::Image(model) => {
                 if let Some(label) = label {
                     if model.classes() == 0 {
-                        return Err(PyValueError::new_err(
-                            "label: the model is not class-conditional (it was trained without labels)",
-                        ));
+                        return Err(not_conditional("label"));
                     }
-                    check_label_range(&[label], model.classes())?;
+                    if !label_in_range(label, model.classes()) {
+                        return Err(PyValueError::new_err(format!(
+                            "label: {label} is outside 0..={}, the model's {} classes",
+                            model.classes() - 1,
+                            model.classes()
+                        )));
+                    }
                 }
-                let levels =
-                    py.detach(|| Self::sample_images(model, n, temperature, seed, label, batch));
+                let levels = if n == 0 {
+                    Vec::new()
+                } else {
+                    compute(py, || {
+                        Self::sample_images(model, n, temperature, seed, label, batch)
+                    })
+                };
                 Ok(Self::image_array(py, model, levels, channels_last)?.into_any())
             }
             Flow::Vector(model) => {
                 Self::check_vector_options(channels_last, label.is_some())?;
-                let dims = model.dims();
-                let values = py.detach(|| Self::sample_vectors(model, n, temperature, seed, batch));
+                let values = if n == 0 {
+                    Vec::new()
+                } else {
+                    compute(py, || {
+                        Self::sample_vectors(model, n, temperature, seed, batch)
+                    })
+                };
                 Ok(array(py, values, &[n, dims])?.into_any())
             }
         }
@@ -551,14 +618,15 @@ impl Model {
     /// Images (integer levels, as for `bits_per_dim`) are dequantised at their bin centres;
     /// the result is one float32 array per scale, `[N, c, h, w]`, finest first (see
     /// `latent_shapes`), or with `flat=True` one array `[N, D]` of all scales in that order.
-    /// Vectors give one float32 array `[N, D]`.
+    /// Vectors give one float32 array `[N, D]`. A model of `n_bits` fewer levels than its
+    /// data encodes each pixel's bin, so `decode` returns the bin's lowest level.
     #[pyo3(signature = (x, *, flat = false, batch_size = 64, channels_last = false))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         flat: bool,
-        batch_size: usize,
+        batch_size: i64,
         channels_last: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let batch = check_batch_size(batch_size)?;
@@ -570,10 +638,9 @@ impl Model {
                 let view = pixels.view();
                 let shapes = model.config().latent_shapes();
                 let scales = shapes.len();
-                let parts = py.detach(|| {
+                let parts = compute(py, || {
                     let mut parts: Vec<Vec<f32>> = vec![Vec::new(); if flat { 1 } else { scales }];
-                    for start in (0..n).step_by(batch) {
-                        let len = batch.min(n - start);
+                    for_batches(n, batch, |start, len| {
                         let x = view.tensor(start, len);
                         let y = model.preprocess().dequantize(x, Dequantization::Centre);
                         let latents = model.encode(y);
@@ -584,7 +651,7 @@ impl Model {
                                 part.extend(to_f32(z));
                             }
                         }
-                    }
+                    });
                     parts
                 });
                 if flat {
@@ -604,7 +671,7 @@ impl Model {
                 let dims = model.dims();
                 let vectors = FloatArray::read(x, "vectors", &[dims])?;
                 let (n, values) = (vectors.len(), vectors.values());
-                let z = py.detach(|| {
+                let z = compute(py, || {
                     in_batches(n, batch, |start, len| {
                         to_f32(model.forward(rows(values, start, [len, dims])).0)
                     })
@@ -623,7 +690,7 @@ impl Model {
         &self,
         py: Python<'py>,
         z: &Bound<'py, PyAny>,
-        batch_size: usize,
+        batch_size: i64,
         channels_last: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let batch = check_batch_size(batch_size)?;
@@ -636,7 +703,7 @@ impl Model {
                 let levels = match &latents {
                     LatentInput::Flat(flat) => {
                         let values = flat.values();
-                        py.detach(|| {
+                        compute(py, || {
                             in_batches(n, batch, |start, len| {
                                 let z =
                                     Latents::unflatten(rows(values, start, [len, dims]), &shapes);
@@ -646,7 +713,7 @@ impl Model {
                     }
                     LatentInput::Scales(scales) => {
                         let values: Vec<&[f32]> = scales.iter().map(FloatArray::values).collect();
-                        py.detach(|| {
+                        compute(py, || {
                             in_batches(n, batch, |start, len| {
                                 let z = Latents {
                                     scales: values
@@ -667,7 +734,7 @@ impl Model {
                 let dims = model.dims();
                 let latents = FloatArray::read(z, "latents", &[dims])?;
                 let (n, values) = (latents.len(), latents.values());
-                let x = py.detach(|| {
+                let x = compute(py, || {
                     in_batches(n, batch, |start, len| {
                         to_f32(model.inverse(rows(values, start, [len, dims])))
                     })

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use realnvp_core::flow::{CONFIG_FILE, WEIGHTS_FILE};
+use realnvp_core::flow::{BEST_EXPORT_DIR, CONFIG_FILE, RUN_EXPORT_DIR, WEIGHTS_FILE};
 use realnvp_core::{export_model, ConvBackend, Flow, FlowConfig};
 
 use crate::config::RunConfig;
@@ -39,10 +39,11 @@ pub const SAMPLES: &str = "samples";
 pub const CHECKPOINTS: &str = "checkpoints";
 /// Folder of the TensorBoard event files.
 pub const TENSORBOARD: &str = "tensorboard";
-/// Folder of the inference export.
-pub const EXPORT: &str = "export";
+/// Folder of the inference export (core's, so that a program that only loads models
+/// finds it too).
+pub const EXPORT: &str = RUN_EXPORT_DIR;
 /// Folder, inside the export, of the model with the best held-out bits/dim so far.
-pub const BEST_EXPORT: &str = "best";
+pub const BEST_EXPORT: &str = BEST_EXPORT_DIR;
 /// File, inside the best export, naming its step and held-out bits/dim.
 const BEST_NOTE: &str = "best.json";
 
