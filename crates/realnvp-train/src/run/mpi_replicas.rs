@@ -116,6 +116,17 @@ impl MpiJob {
     }
 }
 
+/// Prints `message` on stderr as one line of rank `rank`, `rank R: message`, in a single
+/// write. Stderr is unbuffered and `eprintln!` writes each piece of its format on its own;
+/// mpirun forwards every write as it comes, so a line written in pieces can be split by
+/// mpirun's own messages (seen in CI: "rank " and "0: error: ..." around an abort banner).
+pub fn print_rank_line(rank: usize, message: &str) {
+    use std::io::Write;
+    let line = format!("rank {rank}: {message}\n");
+    // Nothing better can be done when stderr itself fails.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Ends every process of the job with exit code `code` (`MPI_Abort`). Callable from any
 /// thread once MPI is initialised, in a panic hook too.
 pub fn abort_job(code: i32) -> ! {
@@ -495,7 +506,7 @@ impl<B: AutodiffBackend> MpiReplicas<B> {
         };
         // MPI cannot cancel a pending collective call, so no error can be returned
         // through it: say why, then end every process of the job.
-        eprintln!("rank {}: error: {}", self.rank, error_chain(&error));
+        print_rank_line(self.rank, &format!("error: {}", error_chain(&error)));
         abort_job(3)
     }
 

@@ -4,7 +4,9 @@
 //! or panic ends the whole job with `MPI_Abort`: a rank that stopped alone would leave the
 //! others waiting in their next collective call.
 
-use realnvp_train::run::mpi_replicas::{abort_job, train_mpi, MpiJob, MpiSummary, RankPlace};
+use realnvp_train::run::mpi_replicas::{
+    abort_job, print_rank_line, train_mpi, MpiJob, MpiSummary, RankPlace,
+};
 use realnvp_train::{RunConfig, TrainOptions};
 
 use anyhow::Context;
@@ -75,7 +77,7 @@ pub fn run(
 
 /// Prints `message` as this rank's error and ends every process of the job.
 fn fail(rank: usize, message: &str) -> ! {
-    eprintln!("rank {rank}: error: {message}");
+    print_rank_line(rank, &format!("error: {message}"));
     abort_job(1)
 }
 
@@ -85,7 +87,7 @@ fn abort_on_panic(rank: usize) {
     let print = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         print(info);
-        eprintln!("rank {rank}: panicked; aborting the MPI job");
+        print_rank_line(rank, "panicked; aborting the MPI job");
         abort_job(PANIC_EXIT);
     }));
 }
