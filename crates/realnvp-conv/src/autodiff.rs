@@ -171,7 +171,47 @@ fn tracked<B: ConvBackend, C: CheckpointStrategy>(
     }
 }
 
+/// The backward step of `weight_norm`; parents `[direction, length]`, state the two (a
+/// kernel's worth of values, kept as they are).
+#[derive(Debug)]
+struct WeightNorm;
+
+impl<B: ConvBackend> Backward<B, 2> for WeightNorm {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let parents = ops
+            .parents
+            .each_ref()
+            .map(|node| node.as_ref().map(|n| n.id));
+        if parents.iter().all(Option::is_none) {
+            return;
+        }
+        let (direction, length) = ops.state;
+        let (direction_grad, length_grad) = B::weight_norm_backward(direction, length, grad);
+        for (parent, value) in parents.into_iter().zip([direction_grad, length_grad]) {
+            if let Some(id) = parent {
+                grads.register::<B>(id, value);
+            }
+        }
+    }
+}
+
 impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
+    fn weight_norm(direction: FloatTensor<Self>, length: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [direction.node.clone(), length.node.clone()];
+        match WeightNorm.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (direction.primitive.clone(), length.primitive.clone());
+                prep.finish(state, B::weight_norm(direction.primitive, length.primitive))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::weight_norm(direction.primitive, length.primitive))
+            }
+        }
+    }
+
     fn conv3x3(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -76,3 +76,44 @@ pub fn batch_norm_relu_backward<B: Backend>(
         * per_channel(gamma * inv_sigma);
     (x_grad, gamma_grad, beta_grad)
 }
+
+/// The length of each output channel's kernel, `||direction[o]||` over `[in, kh, kw]`:
+/// `[out]`.
+pub fn kernel_norms<B: Backend>(direction: Tensor<B, 4>) -> Tensor<B, 1> {
+    let out = direction.dims()[0];
+    direction
+        .powi_scalar(2)
+        .reshape([out as i32, -1])
+        .sum_dim(1)
+        .sqrt()
+        .reshape([out])
+}
+
+/// The weight-normalised kernel `w[o] = length[o] * direction[o] / ||direction[o]||`
+/// (Salimans and Kingma, 2016), shaped like `direction` (`[out, in, kh, kw]`).
+pub fn weight_norm<B: Backend>(direction: Tensor<B, 4>, length: Tensor<B, 1>) -> Tensor<B, 4> {
+    let out = direction.dims()[0];
+    let scale = length / kernel_norms(direction.clone());
+    direction * scale.reshape([out, 1, 1, 1])
+}
+
+/// The gradients `(d/ddirection, d/dlength)` of `sum(output_grad * w)` for `w` of
+/// [`weight_norm`]. Per output channel, with `n = ||v||` and `s = sum(output_grad * v)`:
+/// `dlength = s / n` and `ddirection = length / n * (output_grad - v * s / n^2)`.
+pub fn weight_norm_backward<B: Backend>(
+    direction: Tensor<B, 4>,
+    length: Tensor<B, 1>,
+    output_grad: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 1>) {
+    let out = direction.dims()[0];
+    let norms = kernel_norms(direction.clone());
+    let dots = (output_grad.clone() * direction.clone())
+        .reshape([out as i32, -1])
+        .sum_dim(1)
+        .reshape([out]);
+    let length_grad = dots.clone() / norms.clone();
+    let projection = (dots / norms.clone().powi_scalar(2)).reshape([out, 1, 1, 1]);
+    let coefficient = (length / norms).reshape([out, 1, 1, 1]);
+    let direction_grad = (output_grad - direction * projection) * coefficient;
+    (direction_grad, length_grad)
+}

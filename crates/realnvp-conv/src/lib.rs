@@ -80,6 +80,24 @@ pub trait ConvBackend: NormReluBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         burn_conv_backward::<Self>(x, weight, output_grad, pointwise())
     }
+
+    /// The weight-normalised kernel `w[o] = length[o] * direction[o] / ||direction[o]||`,
+    /// the norm over each output channel's `[in, kh, kw]`: shaped like `direction`
+    /// (`[out, in, kh, kw]`), `length` is `[out]`. One operation where the composition
+    /// ([`composed::weight_norm`]) is eight, each a node of the autodiff graph.
+    fn weight_norm(direction: FloatTensor<Self>, length: FloatTensor<Self>) -> FloatTensor<Self> {
+        on_primitives::weight_norm::<Self>(direction, length)
+    }
+
+    /// The gradients `(d/ddirection, d/dlength)` of `sum(output_grad * weight_norm(direction,
+    /// length))`, shaped like `direction` and `length`.
+    fn weight_norm_backward(
+        direction: FloatTensor<Self>,
+        length: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        on_primitives::weight_norm_backward::<Self>(direction, length, output_grad)
+    }
 }
 
 /// `(d/dx, d/dweight)` of Burn's own `conv2d` with `options`: the default backward bodies,
@@ -194,6 +212,33 @@ pub(crate) mod on_primitives {
             .tensor()
     }
 
+    /// [`composed::weight_norm`].
+    pub fn weight_norm<B: Backend>(
+        direction: FloatTensor<B>,
+        length: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        composed::weight_norm::<B>(float(direction), float(length))
+            .into_primitive()
+            .tensor()
+    }
+
+    /// [`composed::weight_norm_backward`].
+    pub fn weight_norm_backward<B: Backend>(
+        direction: FloatTensor<B>,
+        length: FloatTensor<B>,
+        output_grad: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (direction_grad, length_grad) = composed::weight_norm_backward::<B>(
+            float(direction),
+            float(length),
+            float(output_grad),
+        );
+        (
+            direction_grad.into_primitive().tensor(),
+            length_grad.into_primitive().tensor(),
+        )
+    }
+
     /// [`composed::batch_norm_relu`].
     pub fn batch_norm_relu<B: Backend>(
         x: FloatTensor<B>,
@@ -287,6 +332,25 @@ pub fn channel_affine_relu<B: NormReluBackend>(
         shift.into_primitive().tensor(),
     );
     Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
+/// The weight-normalised kernel `length[o] * direction[o] / ||direction[o]||` of a
+/// `direction` `[out, in, kh, kw]` and a `length` `[out]`, the norm over each output
+/// channel's `[in, kh, kw]`, as one operation of the backend ([`ConvBackend::weight_norm`]).
+///
+/// # Panics
+/// If `length` is not `[out]`.
+pub fn weight_norm<B: ConvBackend>(direction: Tensor<B, 4>, length: Tensor<B, 1>) -> Tensor<B, 4> {
+    let out = direction.dims()[0];
+    assert!(
+        length.dims() == [out],
+        "weight_norm: length must be [{out}], got {:?}",
+        length.dims()
+    );
+    float(B::weight_norm(
+        direction.into_primitive().tensor(),
+        length.into_primitive().tensor(),
+    ))
 }
 
 /// An autodiff backend whose inner backend has the convolution too: what training needs
@@ -494,6 +558,45 @@ pub(crate) mod tests {
         );
     }
 
+    /// Checks `weight_norm` on `B` (forward, and the backward step of `Autodiff<B>`) against
+    /// autodiff through [`composed::weight_norm`]: the weight, and the gradients of the
+    /// direction and the length under a random probe. `view` turns the random direction
+    /// into the input (e.g. a strided view).
+    pub fn matches_composed_weight_norm<B: ConvBackend>(
+        view: impl Fn(Tensor<burn_autodiff::Autodiff<B>, 4>) -> Tensor<burn_autodiff::Autodiff<B>, 4>,
+        shape: [usize; 4],
+    ) {
+        type A<B> = burn_autodiff::Autodiff<B>;
+        let device = Default::default();
+        let direction = view(Tensor::<A<B>, 4>::random(
+            shape,
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ))
+        .require_grad();
+        let out = direction.dims()[0];
+        let length = Tensor::<A<B>, 1>::random([out], Distribution::Normal(1.0, 0.5), &device)
+            .require_grad();
+        let probe =
+            Tensor::<A<B>, 4>::random(direction.dims(), Distribution::Normal(0.0, 1.0), &device);
+
+        let ours = weight_norm(direction.clone(), length.clone());
+        let theirs = composed::weight_norm(direction.clone(), length.clone());
+        assert_close(ours.clone().inner(), theirs.clone().inner(), "weight");
+        let grads_ours = (ours * probe.clone()).sum().backward();
+        let grads_theirs = (theirs * probe).sum().backward();
+        assert_close(
+            direction.grad(&grads_ours).unwrap(),
+            direction.grad(&grads_theirs).unwrap(),
+            "direction gradient",
+        );
+        assert_close(
+            length.grad(&grads_ours).unwrap(),
+            length.grad(&grads_theirs).unwrap(),
+            "length gradient",
+        );
+    }
+
     fn assert_close<B: Backend, const D: usize>(
         ours: Tensor<B, D>,
         theirs: Tensor<B, D>,
@@ -523,6 +626,17 @@ pub(crate) mod tests {
         matches_burn_conv::<NdArray<f64>>([2, 3, 4, 4], 2, false);
         matches_burn_conv_1x1::<NdArray>([3, 2, 5, 4], 3, true);
         matches_burn_conv_1x1::<NdArray<f64>>([2, 3, 4, 4], 2, false);
+    }
+
+    /// The weight norm's default bodies (the composition and its hand-derived backward)
+    /// behind the autodiff wrapper's own backward step, on NdArray in f32 and f64.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn default_weight_norm_matches_autodiff_on_ndarray() {
+        use burn_ndarray::NdArray;
+        matches_composed_weight_norm::<NdArray>(|v| v, [5, 3, 3, 3]);
+        matches_composed_weight_norm::<NdArray<f64>>(|v| v, [2, 7, 1, 1]);
+        matches_composed_weight_norm::<NdArray>(|v| v.swap_dims(0, 1), [4, 6, 3, 3]);
     }
 
     /// The hand-derived backward of the composition (the trait's default body, which a

@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{backend::Backend, module::conv2d, ops::ConvOptions, Tensor};
-use realnvp_conv::{conv1x1, conv3x3, ConvBackend};
+use realnvp_conv::{conv1x1, conv3x3, weight_norm, ConvBackend};
 
 use crate::precision::ConvPrecision;
 
@@ -44,12 +44,10 @@ impl<B: ConvBackend> WeightNormConv2d<B> {
         }
     }
 
-    /// The effective weight `g * v / ||v||`, shape `[out, in, k, k]`.
+    /// The effective weight `g * v / ||v||`, shape `[out, in, k, k]`: one operation of the
+    /// backend ([`realnvp_conv::weight_norm`]).
     pub fn weight(&self) -> Tensor<B, 4> {
-        let v = self.direction.val();
-        let out = v.dims()[0];
-        let scale = self.length.val() / Self::norm(v.clone());
-        v * scale.reshape([out, 1, 1, 1])
+        weight_norm(self.direction.val(), self.length.val())
     }
 
     /// `[batch, in, h, w] -> [batch, out, h, w]`. 3x3 and 1x1 windows run on the
@@ -77,12 +75,7 @@ impl<B: ConvBackend> WeightNormConv2d<B> {
     }
 
     fn norm(v: Tensor<B, 4>) -> Tensor<B, 1> {
-        let out = v.dims()[0];
-        v.powi_scalar(2)
-            .reshape([out as i32, -1])
-            .sum_dim(1)
-            .sqrt()
-            .reshape([out])
+        realnvp_conv::composed::kernel_norms(v)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::backend::{self, Checkpointed, Inference, Training};
 
 mod measure;
 
-use measure::{benchmark, BenchModel, BenchSettings};
+use measure::{benchmark, BenchModel, BenchSettings, Phase};
 
 // The flags of `realnvp bench`.
 #[derive(clap::Args, Debug)]
@@ -24,6 +24,16 @@ pub struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// What to measure, comma-separated: train, eval, sample (all three by default); one
+    /// phase alone is what `perf record` should see when profiling it. The others are
+    /// reported as null.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "train,eval,sample"
+    )]
+    phases: Vec<Phase>,
     /// Untimed iterations first.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -52,6 +62,7 @@ impl Args {
     pub fn run(self) -> anyhow::Result<()> {
         let settings = BenchSettings {
             batch: self.batch,
+            phases: Phase::set(&self.phases),
             warmup: self.warmup,
             repeats: self.repeats,
             iterations: self.iterations,

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::{gemm_parallelism, matmul, sum_of_shares, vectorised, with_scratch, Matrix};
+use super::{gemm_parallelism, matmul, sum_of_shares, vectorised, with_scratch, zeroed, Matrix};
 
 /// Positions in a 4x4 transformed tile: the number of GEMMs per convolution.
 const POSITIONS: usize = 16;
@@ -42,21 +42,26 @@ pub(super) fn forward(
     [n, c, h, w]: [usize; 4],
     o: usize,
 ) -> Vec<f32> {
-    let mut y = vec![0.0f32; n * o * h * w];
+    let len = n * o * h * w;
     if n == 0 || h == 0 || w == 0 {
-        return y;
+        return vec![0.0f32; len];
     }
     let tiles = Tiles::new(h, w);
     let u = transform_weight(weight, o, c);
     let parallelism = gemm_parallelism(n);
     let (per_thread, group) = tiles.shares_and_groups(n);
-    y.par_chunks_mut(per_thread * o * h * w)
+    // The output is zeroed a group at a time by the thread about to write it (see
+    // `written_by_planes`), not by the calling thread up front.
+    let mut y = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(per_thread * o * h * w)
         .zip(x.par_chunks(per_thread * c * h * w))
         .for_each(|(y, x)| {
             let groups = y
                 .chunks_mut(group * o * h * w)
                 .zip(x.chunks(group * c * h * w));
             for (y, x) in groups {
+                let y = zeroed(y);
                 let images = x.len() / (c * h * w);
                 let cols = images * tiles.count;
                 with_scratch([POSITIONS * c * cols, POSITIONS * o * cols], |v, m| {
@@ -84,6 +89,9 @@ pub(super) fn forward(
                 });
             }
         });
+    // SAFETY: `x` and `y` hold the same `n` images, so the shares and groups zipped above
+    // cover all `len` values, and `zeroed` initialised each group.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -236,10 +244,7 @@ impl Tiles {
     /// image `i`'s tiles start at column `i * count` of `v [16, c, stride]`.
     #[inline(always)]
     fn transform_inputs(self, images: &[f32], c: usize, v: &mut [f32], stride: usize) {
-        let mut scratch = InputScratch {
-            rows_b: vec![0.0f32; 2 * 4 * self.band()],
-            halves: vec![0.0f32; 2 * (self.cols + 1)],
-        };
+        let mut scratch = InputScratch::new(self);
         let mut positions = positions_mut(v, c * stride);
         for (i, image) in images.chunks_exact(c * self.h * self.w).enumerate() {
             let first = i * self.count;
@@ -247,19 +252,21 @@ impl Tiles {
         }
     }
 
-    /// `(rows + 1) * cols`: the tile rows of one parity of padded input rows, one more than
-    /// the tiles have (the last one reads it).
-    fn band(self) -> usize {
-        (self.rows + 1) * self.cols
+    /// The width of a tile row's pixels, `2 * cols`: the image's width rounded up to even.
+    fn wide(self) -> usize {
+        2 * self.cols
     }
 
     /// Writes `V_k[ci, first + t] = (B^T d B)_k` for every tile `t` of every channel of
     /// `image [c, h, w]` into `positions[k][ci * stride..]` (`v [16, c, stride]` split by
     /// position), with `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
     ///
-    /// Both halves of the transform run over whole rows of tiles so that they vectorise:
-    /// first `d B` on every input row (shared by the two tiles above and below it), then
-    /// `B^T (d B)` on every tile at once, each output position its own slice.
+    /// Every loop runs over a whole plane, not over a row of tiles (7 or 14 on
+    /// Fashion-MNIST, too short for vector loops): the plane's even and odd rows are copied
+    /// apart, so that the four padded rows a tile row reads are four flat arrays, one tile
+    /// row's pixels after the other; `B^T d` combines them over the whole plane, and `(B^T
+    /// d) B` reads the even and odd columns of the result, which are again flat, one value
+    /// per tile. Only the tiles at the left and right border are corrected one by one.
     #[inline(always)]
     fn transform_input(
         self,
@@ -269,63 +276,70 @@ impl Tiles {
         first: usize,
         scratch: &mut InputScratch,
     ) {
-        let (count, cols, band) = (self.count, self.cols, self.band());
-        // `d B` of padded input row `2 * ti + parity`, position `col` of tile `(ti, tj)`, at
-        // `rows_b[parity][col][ti * cols + tj]`, for tile rows 0..=rows.
-        let rows_b = &mut scratch.rows_b;
-        let (even, odd) = scratch.halves.split_at_mut(cols + 1);
+        let (count, wide) = (self.count, self.wide());
+        let InputScratch {
+            even_rows,
+            odd_rows,
+            columns,
+            even,
+            odd,
+        } = scratch;
+        let (cols, band) = (self.cols, (self.rows + 1) * self.cols);
         for (ci, plane) in image.chunks_exact(self.h * self.w).enumerate() {
-            // Padded row r holds input row r - 1 (zero above and below the image).
-            for padded_row in 0..2 * self.rows + 2 {
-                let (parity, ti) = (padded_row % 2, padded_row / 2);
-                let out = &mut rows_b[parity * 4 * band + ti * cols..];
-                let (d0, rest) = out.split_at_mut(band);
-                let (d1, rest) = rest.split_at_mut(band);
-                let (d2, d3) = rest.split_at_mut(band);
-                let (d0, d1, d2, d3) = (
-                    &mut d0[..cols],
-                    &mut d1[..cols],
-                    &mut d2[..cols],
-                    &mut d3[..cols],
-                );
-                let Some(y) = padded_row.checked_sub(1).filter(|&y| y < self.h) else {
-                    for d in [d0, d1, d2, d3] {
-                        d.fill(0.0);
-                    }
-                    continue;
+            // Padded row 2ti + 1 is plane row 2ti (even_rows[ti]); padded row 2ti is plane
+            // row 2ti - 1 (odd_rows[ti]). Rows and columns past the image stay zero.
+            for (y, row) in plane.chunks_exact(self.w).enumerate() {
+                let (rows, ti) = match y % 2 {
+                    0 => (&mut *even_rows, y / 2),
+                    _ => (&mut *odd_rows, y / 2 + 1),
                 };
-                split_padded_row(&plane[y * self.w..][..self.w], even, odd);
-                // Tile tj reads padded columns 2tj ..= 2tj + 3: even[tj], odd[tj],
-                // even[tj + 1], odd[tj + 1].
-                let (e0, e1, o0, o1) = (&even[..cols], &even[1..], &odd[..cols], &odd[1..]);
-                for j in 0..cols {
-                    d0[j] = e0[j] - e1[j];
-                    d1[j] = o0[j] + e1[j];
-                    d2[j] = e1[j] - o0[j];
-                    d3[j] = o0[j] - o1[j];
-                }
+                copy_row(&mut rows[ti * wide..][..self.w], row);
             }
-            // B^T (d B): tile (ti, tj) reads padded rows 2ti (even, ti), 2ti + 1 (odd, ti),
-            // 2ti + 2 (even, ti + 1) and 2ti + 3 (odd, ti + 1).
-            let (row0, rest) = positions.split_at_mut(4);
-            let (row1, rest) = rest.split_at_mut(4);
-            let (row2, row3) = rest.split_at_mut(4);
-            for col in 0..4 {
-                let r0 = &rows_b[col * band..][..count];
-                let r2 = &rows_b[col * band + cols..][..count];
-                let r1 = &rows_b[(4 + col) * band..][..count];
-                let r3 = &rows_b[(4 + col) * band + cols..][..count];
-                // Positions col, 4 + col, 8 + col and 12 + col of V for this channel.
-                let at = ci * stride + first;
-                let k0 = &mut row0[col][at..][..count];
-                let k1 = &mut row1[col][at..][..count];
-                let k2 = &mut row2[col][at..][..count];
-                let k3 = &mut row3[col][at..][..count];
-                for t in 0..count {
-                    k0[t] = r0[t] - r2[t];
-                    k1[t] = r1[t] + r2[t];
-                    k2[t] = r2[t] - r1[t];
-                    k3[t] = r1[t] - r3[t];
+            // The even and odd columns of every padded row, once: B^T's combinations of
+            // rows below are linear, so they can act on the halves instead of whole rows.
+            // columns = [odd_rows' even, odd_rows' odd, even_rows' even, even_rows' odd],
+            // `[rows + 1][cols]` each.
+            let (odd_halves, even_halves) = columns.split_at_mut(2 * band);
+            for (rows, halves) in [(&*odd_rows, odd_halves), (&*even_rows, even_halves)] {
+                let (e, o) = halves.split_at_mut(band);
+                deinterleave(rows, e, o);
+            }
+            // Tile row ti reads padded rows 2ti ..= 2ti + 3: odd_rows[ti], even_rows[ti],
+            // odd_rows[ti + 1], even_rows[ti + 1]; one row further is `cols` further on.
+            let half =
+                |which: usize, shift: usize| &columns[which * band + shift * cols..][..count];
+            let at = ci * stride + first;
+            // B^T's rows: r0 - r2, r1 + r2, r2 - r1, r1 - r3, on the even columns (which
+            // = 0 for odd_rows, 2 for even_rows) and on the odd ones (1 and 3).
+            let rows_of_b = [
+                ((0, 0), (0, 1), -1.0),
+                ((2, 0), (0, 1), 1.0),
+                ((0, 1), (2, 0), -1.0),
+                ((2, 0), (2, 1), -1.0),
+            ];
+            for (row, ((a, a_shift), (b, b_shift), sign)) in rows_of_b.into_iter().enumerate() {
+                // Tile t's columns 2tj - 1, 2tj, 2tj + 1, 2tj + 2 are odd[t - 1], even[t],
+                // odd[t], even[t + 1] (odd shifted by one: odd[t + 1] holds column 2t + 1).
+                add_signed(&mut even[..count], half(a, a_shift), half(b, b_shift), sign);
+                add_signed(
+                    &mut odd[1..],
+                    half(a + 1, a_shift),
+                    half(b + 1, b_shift),
+                    sign,
+                );
+                let [k0, k1, k2, k3] = &mut positions[row * 4..][..4] else {
+                    unreachable!("four positions per row of B^T")
+                };
+                let (k0, k1) = (&mut k0[at..][..count], &mut k1[at..][..count]);
+                let (k2, k3) = (&mut k2[at..][..count], &mut k3[at..][..count]);
+                let (here, e0) = (&odd[1..], &even[..count]);
+                input_columns([k0, k1, k2, k3], &odd[..count], here, e0, &even[1..]);
+                // Column -1 and column 2 * cols are padding: the flat loop read the
+                // neighbouring tile rows there.
+                for ti in 0..self.rows {
+                    let (left, right) = (ti * self.cols, ti * self.cols + self.cols - 1);
+                    k0[left] = -here[left];
+                    k3[right] = e0[right];
                 }
             }
         }
@@ -344,7 +358,8 @@ impl Tiles {
     ) {
         let mut scratch = OutputScratch {
             a_m: vec![0.0f32; 2 * 4 * self.count],
-            y: vec![0.0f32; 4 * self.count],
+            halves: vec![0.0f32; 2 * self.count],
+            pixels: vec![0.0f32; 2 * self.count],
         };
         let m = Transformed { m, o, stride };
         for (i, image) in images.chunks_exact_mut(o * self.h * self.w).enumerate() {
@@ -354,8 +369,9 @@ impl Tiles {
 
     /// Writes `Y = A^T M A` (plus the bias) for every tile `first + t` of every output
     /// channel from `m [16, o, stride]` into `image [o, h, w]`, dropping the pixels past an
-    /// odd edge, with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Like the input transform, both
-    /// halves run over all tiles at once.
+    /// odd edge, with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Like the input transform,
+    /// every loop runs over all tiles at once: `A^T M`, then `(A^T M) A` written as the
+    /// even and odd columns of each output row, which the tile rows then copy out.
     #[inline(always)]
     fn transform_output(
         self,
@@ -363,33 +379,38 @@ impl Tiles {
         first: usize,
         bias: Option<&[f32]>,
         image: &mut [f32],
-        OutputScratch { a_m, y }: &mut OutputScratch,
+        OutputScratch {
+            a_m,
+            halves,
+            pixels,
+        }: &mut OutputScratch,
     ) {
         let count = self.count;
         for (oi, plane) in image.chunks_exact_mut(self.h * self.w).enumerate() {
             let at =
                 |row: usize, col: usize| &m[((row * 4 + col) * o + oi) * stride + first..][..count];
             for col in 0..4 {
-                let (m0, m1, m2, m3) = (at(0, col), at(1, col), at(2, col), at(3, col));
                 let (top, bottom) = a_m.split_at_mut(4 * count);
                 let top = &mut top[col * count..][..count];
                 let bottom = &mut bottom[col * count..][..count];
-                for t in 0..count {
-                    top[t] = m0[t] + m1[t] + m2[t];
-                    bottom[t] = m1[t] - m2[t] - m3[t];
-                }
+                output_rows(
+                    top,
+                    bottom,
+                    [at(0, col), at(1, col), at(2, col), at(3, col)],
+                );
             }
             let b = bias.map_or(0.0, |b| b[oi]);
+            let (left, right) = halves.split_at_mut(count);
             for dy in 0..2 {
                 let r = |col: usize| &a_m[(dy * 4 + col) * count..][..count];
-                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-                let (left, right) = y[dy * 2 * count..][..2 * count].split_at_mut(count);
-                for t in 0..count {
-                    left[t] = b + r0[t] + r1[t] + r2[t];
-                    right[t] = b + r1[t] - r2[t] - r3[t];
+                output_rows(left, right, [r(0), r(1), r(2), r(3)]);
+                // Output row 2ti + dy of every tile row, `2 * cols` pixels each.
+                interleave(left, right, b, pixels);
+                let rows = plane.chunks_exact_mut(self.w).skip(dy).step_by(2);
+                for (out, row) in rows.zip(pixels.chunks_exact(self.wide())) {
+                    copy_row(out, &row[..self.w]);
                 }
             }
-            self.scatter(y, plane);
         }
     }
 
@@ -397,20 +418,24 @@ impl Tiles {
     /// side: image `i`'s tiles start at column `i * count` of `dm [16, o, stride]`.
     #[inline(always)]
     fn transform_output_grads(self, images: &[f32], o: usize, dm: &mut [f32], stride: usize) {
-        // The gradient of output pixel (2ti + dy, 2tj + dx) at `[dy * 2 + dx][ti * cols + tj]`.
-        // Entries past an odd edge are never written and stay zero.
-        let mut g = vec![0.0f32; 4 * self.count];
+        let mut scratch = GradScratch {
+            // Rows and columns past an odd edge are never written and stay zero.
+            rows: vec![0.0f32; 2 * self.rows * self.wide()],
+            g: vec![0.0f32; 4 * self.count],
+        };
         let mut positions = positions_mut(dm, o * stride);
         for (i, image) in images.chunks_exact(o * self.h * self.w).enumerate() {
             let first = i * self.count;
-            self.transform_output_grad(image, &mut positions, stride, first, &mut g);
+            self.transform_output_grad(image, &mut positions, stride, first, &mut scratch);
         }
     }
 
     /// Writes `dM_k = (A dY A^T)_k` for every tile `first + t` of every channel of the
     /// output gradient `image [o, h, w]` into `positions[k][oi * stride..]` (`dm [16, o,
     /// stride]` split by position), the pixels past an odd edge read as zero, with
-    /// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`; `g` is scratch of `4 * count` values.
+    /// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`. The output rows are copied apart by parity
+    /// and their even and odd columns split over the whole plane, so that every loop runs
+    /// over all tiles at once.
     #[inline(always)]
     fn transform_output_grad(
         self,
@@ -418,25 +443,24 @@ impl Tiles {
         positions: &mut [&mut [f32]; POSITIONS],
         stride: usize,
         first: usize,
-        g: &mut [f32],
+        GradScratch { rows, g }: &mut GradScratch,
     ) {
-        let (count, cols) = (self.count, self.cols);
+        let (count, wide) = (self.count, self.wide());
+        let (even_rows, odd_rows) = rows.split_at_mut(self.rows * wide);
         for (oi, plane) in image.chunks_exact(self.h * self.w).enumerate() {
-            for (py, row) in plane.chunks_exact(self.w).enumerate() {
-                let (ti, dy) = (py / 2, py % 2);
-                let (left, right) = g[dy * 2 * count..][..2 * count].split_at_mut(count);
-                let (left, right) = (
-                    &mut left[ti * cols..][..cols],
-                    &mut right[ti * cols..][..cols],
-                );
-                let pairs = row.chunks_exact(2);
-                if let Some(&last) = pairs.remainder().first() {
-                    left[cols - 1] = last;
-                }
-                for ((l, r), pair) in left.iter_mut().zip(right.iter_mut()).zip(pairs) {
-                    *l = pair[0];
-                    *r = pair[1];
-                }
+            for (y, row) in plane.chunks_exact(self.w).enumerate() {
+                let rows = if y % 2 == 0 {
+                    &mut *even_rows
+                } else {
+                    &mut *odd_rows
+                };
+                copy_row(&mut rows[y / 2 * wide..][..self.w], row);
+            }
+            // The gradient of output pixel (2ti + dy, 2tj + dx) at g[dy * 2 + dx][ti * cols + tj].
+            let (top, bottom) = g.split_at_mut(2 * count);
+            for (rows, g) in [(&*even_rows, top), (&*odd_rows, bottom)] {
+                let (left, right) = g.split_at_mut(count);
+                deinterleave(rows, left, right);
             }
             let (top, bottom) = g.split_at(2 * count);
             let (g00, g01) = top.split_at(count);
@@ -465,40 +489,56 @@ impl Tiles {
             }
         }
     }
-
-    /// Copies the 2x2 outputs `y [2, 2, tiles]` of every tile into `plane [h, w]`.
-    #[inline(always)]
-    fn scatter(self, y: &[f32], plane: &mut [f32]) {
-        let count = self.count;
-        for (py, out) in plane.chunks_exact_mut(self.w).enumerate() {
-            let (ti, dy) = (py / 2, py % 2);
-            let left = &y[(dy * 2) * count + ti * self.cols..][..self.cols];
-            let right = &y[(dy * 2 + 1) * count + ti * self.cols..][..self.cols];
-            for (pair, (l, r)) in out.chunks_exact_mut(2).zip(left.iter().zip(right)) {
-                pair[0] = *l;
-                pair[1] = *r;
-            }
-            if self.w % 2 == 1 {
-                out[self.w - 1] = left[self.cols - 1];
-            }
-        }
-    }
 }
 
 /// The input transform's buffers, kept across the images of a group.
 struct InputScratch {
-    /// `d B` of every padded row: `[parity][col][tile row][tile column]`.
-    rows_b: Vec<f32>,
-    /// The even and odd columns of one padded row, `cols + 1` each.
-    halves: Vec<f32>,
+    /// Padded rows `2ti + 1` (the plane's even rows), `[rows + 1][2 * cols]`, zero past
+    /// the image.
+    even_rows: Vec<f32>,
+    /// Padded rows `2ti` (the plane's odd rows, none above the first), `[rows + 1][2 *
+    /// cols]`, zero past the image.
+    odd_rows: Vec<f32>,
+    /// The even and odd columns of `odd_rows`, then of `even_rows`: `[4][rows + 1][cols]`.
+    columns: Vec<f32>,
+    /// A row of `B^T d` for every tile row, its even columns: one per tile and one spare,
+    /// `count + 1`.
+    even: Vec<f32>,
+    /// Its odd columns, shifted by one (`odd[t + 1]` for tile `t`): `count + 1`.
+    odd: Vec<f32>,
+}
+
+impl InputScratch {
+    fn new(tiles: Tiles) -> Self {
+        let padded = (tiles.rows + 1) * tiles.wide();
+        InputScratch {
+            even_rows: vec![0.0; padded],
+            odd_rows: vec![0.0; padded],
+            columns: vec![0.0; 4 * (tiles.rows + 1) * tiles.cols],
+            even: vec![0.0; tiles.count + 1],
+            odd: vec![0.0; tiles.count + 1],
+        }
+    }
 }
 
 /// The output transform's buffers, kept across the images of a group.
 struct OutputScratch {
     /// `A^T M`: `[output row][col][tile]`.
     a_m: Vec<f32>,
-    /// `(A^T M) A`: `[output row][output col][tile]`.
-    y: Vec<f32>,
+    /// `(A^T M) A` of one output row: its left and right pixels, `[2][tiles]`.
+    halves: Vec<f32>,
+    /// One output row of every tile row, `[rows][2 * cols]`.
+    pixels: Vec<f32>,
+}
+
+/// The output-gradient transform's buffers, kept across the images of a group.
+struct GradScratch {
+    /// The gradient's even rows, then its odd rows: `[2][rows][2 * cols]`, zero past the
+    /// image.
+    rows: Vec<f32>,
+    /// `[2][2][tiles]`: the gradient of output pixel `(2ti + dy, 2tj + dx)` at `[dy][dx][ti
+    /// * cols + tj]`.
+    g: Vec<f32>,
 }
 
 /// The 16 GEMMs' products `m [16, o, stride]` that the output transform reads.
@@ -515,25 +555,184 @@ fn positions_mut(v: &mut [f32], len: usize) -> [&mut [f32]; POSITIONS] {
     std::array::from_fn(|_| positions.next().expect("v holds 16 positions"))
 }
 
-/// Splits input row `row` into the even and odd columns of its zero-padded version (input
-/// column `x` at padded column `x + 1`): padded column `2j` into `even[j]`, `2j + 1` into
-/// `odd[j]`, zero outside the row. Unit-stride halves let the row transform vectorise,
-/// where reading the padded row two columns at a time did not.
+// The transforms' inner loops, each a function of its own: slices that arrive as
+// arguments cannot overlap, so the compiler vectorises the loops without run-time overlap
+// checks (which, inlined into one body, it had added, and often failed).
+
+/// `out = a + sign * b`, element by element (`sign` is 1 or -1, so the result is exact).
 #[inline(always)]
-fn split_padded_row(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    // The pairs below write odd[..w / 2] and even[1..=w / 2], an odd width's last value
-    // odd[w / 2]; only the left border and the columns past the right edge are left.
-    let cols = even.len() - 1;
-    even[0] = 0.0;
-    even[cols] = 0.0;
-    odd[cols] = 0.0;
-    let pairs = row.chunks_exact(2);
-    if let Some(&last) = pairs.remainder().first() {
-        odd[row.len() / 2] = last;
+fn add_signed(out: &mut [f32], a: &[f32], b: &[f32], sign: f32) {
+    for ((out, a), b) in out.iter_mut().zip(a).zip(b) {
+        *out = a + sign * b;
     }
-    for (j, pair) in pairs.enumerate() {
-        odd[j] = pair[0];
-        even[j + 1] = pair[1];
+}
+
+/// `even[t] = pairs[2t]`, `odd[t] = pairs[2t + 1]` (as many as `even` and `odd` hold).
+///
+/// With AVX2, 8 pairs per step with explicit shuffles: the compiler turned this loop into
+/// one scalar move per value, a fifth of the input transform's time.
+#[inline(always)]
+fn deinterleave(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let count = even.len().min(odd.len()).min(pairs.len() / 2);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        done = unsafe {
+            avx2::deinterleave(&pairs[..2 * count], &mut even[..count], &mut odd[..count])
+        };
+    }
+    let rest = pairs[2 * done..2 * count].chunks_exact(2);
+    for ((p, e), o) in rest.zip(&mut even[done..count]).zip(&mut odd[done..count]) {
+        *e = p[0];
+        *o = p[1];
+    }
+}
+
+/// `pairs[2t] = bias + left[t]`, `pairs[2t + 1] = bias + right[t]` (as many as `pairs`
+/// holds), with AVX2 8 pairs per step like [`deinterleave`].
+#[inline(always)]
+fn interleave(left: &[f32], right: &[f32], bias: f32, pairs: &mut [f32]) {
+    let count = left.len().min(right.len()).min(pairs.len() / 2);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        done = unsafe {
+            avx2::interleave(
+                &left[..count],
+                &right[..count],
+                bias,
+                &mut pairs[..2 * count],
+            )
+        };
+    }
+    let rest = pairs[2 * done..2 * count].chunks_exact_mut(2);
+    for ((p, l), r) in rest.zip(&left[done..count]).zip(&right[done..count]) {
+        p[0] = bias + l;
+        p[1] = bias + r;
+    }
+}
+
+/// The shuffles of [`deinterleave`] and [`interleave`] on AVX2, 8 pairs a step; each
+/// returns how many pairs it did (a multiple of 8), the caller does the rest.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// `even.len() == odd.len() == pairs.len() / 2`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn deinterleave(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+        let chunks = pairs
+            .chunks_exact(16)
+            .zip(even.chunks_exact_mut(8))
+            .zip(odd.chunks_exact_mut(8));
+        let mut done = 0;
+        for ((p, e), o) in chunks {
+            // SAFETY: 16 values are read from `p` and 8 written to each of `e` and `o`.
+            unsafe {
+                let a = _mm256_loadu_ps(p.as_ptr());
+                let b = _mm256_loadu_ps(p.as_ptr().add(8));
+                // Per 128-bit lane: [a0, a2, b0, b2 | a4, a6, b4, b6], then the 64-bit
+                // halves put in order 0, 2, 1, 3.
+                let evens = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                let odds = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                let order = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                _mm256_storeu_ps(e.as_mut_ptr(), order(evens));
+                _mm256_storeu_ps(o.as_mut_ptr(), order(odds));
+            }
+            done += 8;
+        }
+        done
+    }
+
+    /// `left.len() == right.len() == pairs.len() / 2`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn interleave(left: &[f32], right: &[f32], bias: f32, pairs: &mut [f32]) -> usize {
+        let chunks = pairs
+            .chunks_exact_mut(16)
+            .zip(left.chunks_exact(8))
+            .zip(right.chunks_exact(8));
+        let mut done = 0;
+        let b = _mm256_set1_ps(bias);
+        for ((p, l), r) in chunks {
+            // SAFETY: 8 values are read from each of `l` and `r` and 16 written to `p`.
+            unsafe {
+                let l = _mm256_add_ps(b, _mm256_loadu_ps(l.as_ptr()));
+                let r = _mm256_add_ps(b, _mm256_loadu_ps(r.as_ptr()));
+                // Per 128-bit lane [l0, r0, l1, r1 | l4, r4, l5, r5] and [l2, r2, l3, r3 |
+                // l6, r6, l7, r7]; their low lanes, then their high lanes.
+                let low = _mm256_unpacklo_ps(l, r);
+                let high = _mm256_unpackhi_ps(l, r);
+                _mm256_storeu_ps(p.as_mut_ptr(), _mm256_permute2f128_ps::<0x20>(low, high));
+                _mm256_storeu_ps(
+                    p.as_mut_ptr().add(8),
+                    _mm256_permute2f128_ps::<0x31>(low, high),
+                );
+            }
+            done += 8;
+        }
+        done
+    }
+}
+
+/// Copies `src` into `dst` (equal lengths) 8 values at a time, the last 8 overlapping the
+/// ones before: rows are 7 to 64 values long, where a call to `memcpy` per row cost more
+/// than the copy.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let len = src.len();
+    if len < 8 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let mut at = 0;
+    while at + 8 < len {
+        dst[at..at + 8].copy_from_slice(&src[at..at + 8]);
+        at += 8;
+    }
+    dst[len - 8..].copy_from_slice(&src[len - 8..]);
+}
+
+/// `B^T`'s rows applied across a row of `B^T d`: with tile `t`'s columns `c0 = before[t]`,
+/// `c1 = even[t]`, `c2 = here[t]`, `c3 = next[t]`, `k = (c0 - c2, c1 + c2, c2 - c1, c1 -
+/// c3)`.
+#[inline(always)]
+fn input_columns(
+    [k0, k1, k2, k3]: [&mut [f32]; 4],
+    before: &[f32],
+    here: &[f32],
+    even: &[f32],
+    next: &[f32],
+) {
+    let count = k0.len();
+    let (k1, k2, k3) = (&mut k1[..count], &mut k2[..count], &mut k3[..count]);
+    let (before, here, even, next) = (
+        &before[..count],
+        &here[..count],
+        &even[..count],
+        &next[..count],
+    );
+    for t in 0..count {
+        k0[t] = before[t] - here[t];
+        k1[t] = even[t] + here[t];
+        k2[t] = here[t] - even[t];
+        k3[t] = even[t] - next[t];
+    }
+}
+
+/// `A^T`'s two rows applied to four rows `m`: `top = m0 + m1 + m2`, `bottom = m1 - m2 -
+/// m3`.
+#[inline(always)]
+fn output_rows(top: &mut [f32], bottom: &mut [f32], [m0, m1, m2, m3]: [&[f32]; 4]) {
+    let count = top.len();
+    let bottom = &mut bottom[..count];
+    let (m0, m1, m2, m3) = (&m0[..count], &m1[..count], &m2[..count], &m3[..count]);
+    for t in 0..count {
+        top[t] = m0[t] + m1[t] + m2[t];
+        bottom[t] = m1[t] - m2[t] - m3[t];
     }
 }
 

@@ -68,11 +68,32 @@ impl BenchModel {
     }
 }
 
+/// One of the measured phases of [`benchmark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Training steps: forward, backward and Adam update.
+    Train,
+    /// Bits/dim evaluation without autodiff.
+    Eval,
+    /// Sampling without autodiff.
+    Sample,
+}
+
+impl Phase {
+    /// `[train, eval, sample]`: whether each phase is among `chosen`.
+    pub fn set(chosen: &[Phase]) -> [bool; 3] {
+        [Phase::Train, Phase::Eval, Phase::Sample].map(|phase| chosen.contains(&phase))
+    }
+}
+
 /// How to measure.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchSettings {
     /// Images per batch.
     pub batch: usize,
+    /// Whether to measure `[train, eval, sample]`; a phase left out is reported as null
+    /// (evaluation and sampling then run on the untrained model, at the same cost).
+    pub phases: [bool; 3],
     /// Untimed iterations first (allocation, autotuning, shader compilation).
     pub warmup: usize,
     /// Timed repetitions; the median is reported.
@@ -119,11 +140,11 @@ pub struct BenchResult {
     /// Trainable parameters.
     pub params: usize,
     /// Training images per second (median over repetitions).
-    pub train_img_s: f64,
+    pub train_img_s: Option<f64>,
     /// Bits/dim evaluation images per second (median).
-    pub eval_img_s: f64,
+    pub eval_img_s: Option<f64>,
     /// Sampling images per second (median).
-    pub sample_img_s: f64,
+    pub sample_img_s: Option<f64>,
     /// Peak resident memory of the process so far, MiB (host memory; on a GPU backend the
     /// device memory is not included).
     pub peak_rss_mib: Option<f64>,
@@ -165,32 +186,32 @@ pub fn benchmark<B: AutodiffConvBackend>(
         sync(&flow);
         flow
     };
-    for _ in 0..settings.warmup {
-        flow = train_step(flow);
+    let [train, eval, sample] = settings.phases;
+    let mut train_img_s = None;
+    if train {
+        for _ in 0..settings.warmup {
+            flow = train_step(flow);
+        }
+        train_img_s = Some(median_rate(settings, || {
+            flow = train_step(flow.clone());
+        }));
     }
-    let train_img_s = median_rate(settings, || {
-        flow = train_step(flow.clone());
-    });
 
-    let eval: RealNvp<B::InnerBackend> = flow.valid();
+    let eval_flow: RealNvp<B::InnerBackend> = flow.valid();
     let inner_pixels = pixels.inner();
     let evaluate = || {
-        let bpd = eval.bits_per_dim(inner_pixels.clone(), Dequantization::Uniform);
+        let bpd = eval_flow.bits_per_dim(inner_pixels.clone(), Dequantization::Uniform);
         bpd.into_data();
     };
-    for _ in 0..settings.warmup {
-        evaluate();
-    }
-    let eval_img_s = median_rate(settings, evaluate);
+    let eval_img_s = eval.then(|| warm_then_measure(settings, evaluate));
 
     let inner_device = inner_pixels.device();
-    let sample = || {
-        eval.sample(settings.batch, 1.0, &inner_device).into_data();
+    let draw = || {
+        eval_flow
+            .sample(settings.batch, 1.0, &inner_device)
+            .into_data();
     };
-    for _ in 0..settings.warmup {
-        sample();
-    }
-    let sample_img_s = median_rate(settings, sample);
+    let sample_img_s = sample.then(|| warm_then_measure(settings, draw));
 
     BenchResult {
         implementation: "realnvp-rs",
@@ -211,6 +232,14 @@ pub fn benchmark<B: AutodiffConvBackend>(
         peak_rss_mib: peak_rss_mib(),
         repeats: settings.repeats,
     }
+}
+
+/// [`median_rate`] after `settings.warmup` untimed iterations.
+fn warm_then_measure(settings: BenchSettings, mut iteration: impl FnMut()) -> f64 {
+    for _ in 0..settings.warmup {
+        iteration();
+    }
+    median_rate(settings, iteration)
 }
 
 /// Images per second of `iteration` (one batch each), median over the repetitions.
