@@ -7,6 +7,7 @@
 //! `cargo xtask device-bundle` packs the GPU builds for a machine without Rust.
 
 mod device_bundle;
+mod machine;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -419,13 +420,18 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let tag = |line: &str| -> Result<String, String> {
+    let cpu = machine::describe();
+    eprintln!("xtask: {}", machine::summary(&cpu));
+    // Every result names its commit, round and machine.
+    let tag = |line: &str, round: u32| -> Result<String, String> {
         let trimmed = line.trim();
         let body = trimmed
             .strip_prefix('{')
             .and_then(|b| b.strip_suffix('}'))
             .ok_or_else(|| format!("not a JSON object: {trimmed}"))?;
-        Ok(format!("{{\"commit\":\"{commit}\",{body}}}"))
+        Ok(format!(
+            "{{\"commit\":\"{commit}\",\"round\":{round},\"cpu\":{cpu},{body}}}"
+        ))
     };
     if args.torch.is_some() && !args.torch_script.is_file() {
         return Err(format!(
@@ -446,12 +452,12 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
             }
             for (backend, binary) in &binaries {
                 for line in realnvp_bench(binary, *backend, model, args)? {
-                    lines.push(tag(&line)?);
+                    lines.push(tag(&line, round)?);
                 }
             }
             if let Some(python) = &args.torch {
                 for line in torch_bench(python, model, args)? {
-                    let line = tag(&line)?;
+                    let line = tag(&line, round)?;
                     lines.push(line.replacen('{', &format!("{{\"model\":\"{model}\","), 1));
                 }
             }
@@ -475,7 +481,11 @@ fn bench(args: &BenchArgs) -> Result<(), String> {
         lines.len(),
         args.out.display()
     );
-    for line in ratios_to_torch(&lines) {
+    let ratios = ratios_to_torch(&lines);
+    if !ratios.is_empty() {
+        println!("{}", machine::summary(&cpu));
+    }
+    for line in ratios {
         println!("{line}");
     }
     Ok(())
