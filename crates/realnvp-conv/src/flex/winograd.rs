@@ -49,48 +49,45 @@ pub(super) fn forward(
     let tiles = Tiles::new(h, w);
     let u = transform_weight(weight, o, c);
     let parallelism = gemm_parallelism(n);
-    let (per_thread, group) = tiles.shares_and_groups(n);
-    // The output is zeroed a group at a time by the thread about to write it (see
-    // `written_by_planes`), not by the calling thread up front.
+    let (_, group) = tiles.shares_and_groups(n);
+    // Every group is a task of its own, so that a thread that finishes early takes the
+    // groups the other has not started (a thread's fixed share kept one core idle whenever
+    // the other was slowed down). The output is zeroed a group at a time by the thread
+    // about to write it (see `written_by_planes`), not by the calling thread up front.
     let mut y = Vec::with_capacity(len);
     y.spare_capacity_mut()[..len]
-        .par_chunks_mut(per_thread * o * h * w)
-        .zip(x.par_chunks(per_thread * c * h * w))
+        .par_chunks_mut(group * o * h * w)
+        .zip(x.par_chunks(group * c * h * w))
         .for_each(|(y, x)| {
-            let groups = y
-                .chunks_mut(group * o * h * w)
-                .zip(x.chunks(group * c * h * w));
-            for (y, x) in groups {
-                let y = zeroed(y);
-                let images = x.len() / (c * h * w);
-                let cols = images * tiles.count;
-                with_scratch([POSITIONS * c * cols, POSITIONS * o * cols], |v, m| {
-                    vectorised(
-                        #[inline(always)]
-                        || {
-                            tiles.transform_inputs(x, c, v, cols);
-                        },
+            let y = zeroed(y);
+            let images = x.len() / (c * h * w);
+            let cols = images * tiles.count;
+            with_scratch([POSITIONS * c * cols, POSITIONS * o * cols], |v, m| {
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        tiles.transform_inputs(x, c, v, cols);
+                    },
+                );
+                for k in 0..POSITIONS {
+                    matmul(
+                        &mut m[k * o * cols..][..o * cols],
+                        false,
+                        Matrix::row_major(&u[k * o * c..][..o * c], o, c),
+                        Matrix::row_major(&v[k * c * cols..][..c * cols], c, cols),
+                        parallelism,
                     );
-                    for k in 0..POSITIONS {
-                        matmul(
-                            &mut m[k * o * cols..][..o * cols],
-                            false,
-                            Matrix::row_major(&u[k * o * c..][..o * c], o, c),
-                            Matrix::row_major(&v[k * c * cols..][..c * cols], c, cols),
-                            parallelism,
-                        );
-                    }
-                    vectorised(
-                        #[inline(always)]
-                        || {
-                            tiles.transform_outputs(m, o, cols, bias, y);
-                        },
-                    );
-                });
-            }
+                }
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        tiles.transform_outputs(m, o, cols, bias, y);
+                    },
+                );
+            });
         });
-    // SAFETY: `x` and `y` hold the same `n` images, so the shares and groups zipped above
-    // cover all `len` values, and `zeroed` initialised each group.
+    // SAFETY: `x` and `y` hold the same `n` images, so the groups zipped above cover all
+    // `len` values, and `zeroed` initialised each of them.
     unsafe { y.set_len(len) };
     y
 }
