@@ -29,7 +29,7 @@ const SIMD_FLAGS: [&str; 16] = [
 /// (processors listed), `threads` (what the process may use) and `flags` (those of
 /// [`SIMD_FLAGS`] the CPU has). Off Linux, only `threads`.
 pub fn describe() -> Value {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     match std::fs::read_to_string("/proc/cpuinfo") {
         Ok(text) => from_cpuinfo(&text, threads),
         Err(_) => json!({ "threads": threads }),
