@@ -261,9 +261,10 @@ impl Tiles {
     /// Every loop runs over a whole plane, not over a row of tiles (7 or 14 on
     /// Fashion-MNIST, too short for vector loops): the plane's even and odd rows are copied
     /// apart, so that the four padded rows a tile row reads are four flat arrays, one tile
-    /// row's pixels after the other; `B^T d` combines them over the whole plane, and `(B^T
-    /// d) B` reads the even and odd columns of the result, which are again flat, one value
-    /// per tile. Only the tiles at the left and right border are corrected one by one.
+    /// row's pixels after the other; their even and odd columns are split once, flat, one
+    /// value per tile; `B^T d` combines those halves over the whole plane and `(B^T d) B`
+    /// combines its even and odd columns. Only the tiles at the left and right border are
+    /// corrected one by one.
     #[inline(always)]
     fn transform_input(
         self,
