@@ -19,7 +19,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::{ConvBackend, NormReluBackend};
 
@@ -171,6 +171,29 @@ fn tracked<B: ConvBackend, C: CheckpointStrategy>(
     }
 }
 
+/// The backward step of an operation whose parents' gradients come from one call:
+/// `compute(state, output_grad)` gives one per parent, registered for the parents that
+/// need one (nothing is computed when none does).
+fn register_from<B: Backend, S, const N: usize>(
+    ops: Ops<S, N>,
+    grads: &mut Gradients,
+    compute: impl FnOnce(S, FloatTensor<B>) -> [FloatTensor<B>; N],
+) {
+    let grad = grads.consume::<B>(&ops.node);
+    let parents = ops
+        .parents
+        .each_ref()
+        .map(|node| node.as_ref().map(|n| n.id));
+    if parents.iter().all(Option::is_none) {
+        return;
+    }
+    for (parent, value) in parents.into_iter().zip(compute(ops.state, grad)) {
+        if let Some(id) = parent {
+            grads.register::<B>(id, value);
+        }
+    }
+}
+
 /// The backward step of `weight_norm`; parents `[direction, length]`, state the two (a
 /// kernel's worth of values, kept as they are).
 #[derive(Debug)]
@@ -180,21 +203,10 @@ impl<B: ConvBackend> Backward<B, 2> for WeightNorm {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let parents = ops
-            .parents
-            .each_ref()
-            .map(|node| node.as_ref().map(|n| n.id));
-        if parents.iter().all(Option::is_none) {
-            return;
-        }
-        let (direction, length) = ops.state;
-        let (direction_grad, length_grad) = B::weight_norm_backward(direction, length, grad);
-        for (parent, value) in parents.into_iter().zip([direction_grad, length_grad]) {
-            if let Some(id) = parent {
-                grads.register::<B>(id, value);
-            }
-        }
+        register_from::<B, _, 2>(ops, grads, |(direction, length), grad| {
+            let (direction_grad, length_grad) = B::weight_norm_backward(direction, length, grad);
+            [direction_grad, length_grad]
+        });
     }
 }
 
@@ -267,22 +279,11 @@ impl<B: NormReluBackend> Backward<B, 3> for BatchNormRelu {
     type State = BatchNormState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let parents = ops
-            .parents
-            .each_ref()
-            .map(|node| node.as_ref().map(|n| n.id));
-        if parents.iter().all(Option::is_none) {
-            return;
-        }
-        let (x, gamma, beta, mean, var, epsilon) = ops.state;
-        let (x_grad, gamma_grad, beta_grad) =
-            B::batch_norm_relu_backward(x, gamma, beta, mean, var, epsilon, grad);
-        for (parent, value) in parents.into_iter().zip([x_grad, gamma_grad, beta_grad]) {
-            if let Some(id) = parent {
-                grads.register::<B>(id, value);
-            }
-        }
+        register_from::<B, _, 3>(ops, grads, |(x, gamma, beta, mean, var, epsilon), grad| {
+            let (x_grad, gamma_grad, beta_grad) =
+                B::batch_norm_relu_backward(x, gamma, beta, mean, var, epsilon, grad);
+            [x_grad, gamma_grad, beta_grad]
+        });
     }
 }
 
