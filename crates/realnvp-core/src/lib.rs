@@ -41,6 +41,7 @@ pub mod flow;
 pub mod latent_file;
 pub mod latent_space;
 pub mod mask;
+pub mod memory;
 pub mod model;
 pub mod multiscale;
 pub mod precision;

@@ -50,8 +50,12 @@ pub mod realnvp {
         Ok(Model::new(loaded?, dir))
     }
 
+    /// On import: the version, and glibc set to keep freed blocks of up to 32 MiB, as in
+    /// the CLI (`realnvp_core::memory`); without it every batch faulted its tensors' pages
+    /// in again, and scoring ran slower than `realnvp eval`.
     #[pymodule_init]
     fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {
+        realnvp_core::memory::keep_freed_memory();
         module.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 }

@@ -1,5 +1,7 @@
 //! glibc's allocator, set for tensors: large blocks stay with the process instead of
-//! going back to the kernel when freed.
+//! going back to the kernel when freed. For programs: the `realnvp` CLI calls
+//! [`keep_freed_memory`] first thing, and the Python package when it is imported; the
+//! library never calls it on its own.
 //!
 //! By default glibc serves every allocation above a threshold (128 KiB, raised up to
 //! 32 MiB as large blocks are freed) with its own `mmap` and returns it with `munmap`, and
@@ -12,7 +14,8 @@
 //! needed for this: glibc has the switch (`mallopt`), and other C libraries keep theirs.
 
 /// Keeps freed blocks of up to 32 MiB (glibc's largest `mmap` threshold) on the heap and
-/// never trims it. Call once, before the work starts.
+/// never trims it (glibc on Linux; elsewhere nothing). Call once, before the work starts:
+/// it is a setting of the whole process.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
