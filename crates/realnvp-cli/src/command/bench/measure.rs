@@ -187,15 +187,11 @@ pub fn benchmark<B: AutodiffConvBackend>(
         flow
     };
     let [train, eval, sample] = settings.phases;
-    let mut train_img_s = None;
-    if train {
-        for _ in 0..settings.warmup {
-            flow = train_step(flow);
-        }
-        train_img_s = Some(median_rate(settings, || {
+    let train_img_s = train.then(|| {
+        warm_then_measure(settings, || {
             flow = train_step(flow.clone());
-        }));
-    }
+        })
+    });
 
     let eval_flow: RealNvp<B::InnerBackend> = flow.valid();
     let inner_pixels = pixels.inner();
